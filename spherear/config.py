@@ -1,0 +1,333 @@
+"""Recipes: typed configuration read from TOML, overridden with ``--set section.key=value``.
+
+A recipe is a tree of dataclasses. Loading validates every key and type, so a typo in a
+recipe fails before any work starts, with a message that names the file, the key and the
+nearest valid key. ``None`` in a field means "take it from the size registry" (see
+``spherear.models.registry``) and is left out when a recipe is written back to TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the fix."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+
+
+@dataclass
+class VAEConfig:
+    """The S-VAE tokenizer. ``channels`` are the conv widths from the image side; the last
+    one is the transformer width, and each step between two entries halves the resolution."""
+
+    resolution: int = 256
+    latent_dim: int = 16
+    channels: tuple[int, ...] = (64, 64, 128, 256, 512)
+    num_heads: int = 8
+    encoder_depth: int = 6
+    decoder_depth: int = 12
+    num_registers: int = 4
+
+    @property
+    def width(self) -> int:
+        return self.channels[-1]
+
+    @property
+    def patch_size(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.resolution // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+    def check(self, where: str) -> None:
+        if len(self.channels) < 2:
+            raise RecipeError(f"{where}: vae.channels needs at least two entries, e.g. [64, 128]")
+        if self.resolution % self.patch_size:
+            raise RecipeError(
+                f"{where}: vae.resolution {self.resolution} is not divisible by the patch size "
+                f"{self.patch_size} that {len(self.channels) - 1} down-sampling stages give"
+            )
+        head_dim, rem = divmod(self.width, self.num_heads)
+        if rem or head_dim % 4:
+            raise RecipeError(
+                f"{where}: vae width {self.width} / vae.num_heads {self.num_heads} must give a "
+                "head dimension divisible by 4 (2D RoPE splits it in x and y halves)"
+            )
+
+
+@dataclass
+class ARConfig:
+    """The autoregressive transformer and its diffusion head. ``size`` picks a row of the
+    registry; any architecture field set here overrides that row."""
+
+    size: str = "B"
+    depth: int | None = None
+    num_heads: int | None = None
+    width: int | None = None
+    head_depth: int | None = None
+    head_width: int | None = None
+    head_groups: int | None = None
+    num_classes: int = 1000
+    num_class_tokens: int = 16
+    class_dropout: float = 0.1
+    diff_batch_mul: int = 4
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 3e-4
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 20_000
+    min_lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    global_batch_size: int = 512
+    epochs: int = 400
+    ema_decay: float = 0.9999
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+
+
+@dataclass
+class VAELossConfig:
+    l1_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    disc_weight: float = 0.5
+    disc_start: int = 20_000
+    disc_layers: int = 3
+    disc_channels: int = 64
+    kl_weight: float = 0.004
+
+
+@dataclass
+class AugmentConfig:
+    """Random crops covering ``random_crop_min``..1 of the short side plus flips; the share of
+    random-crop samples falls linearly from 1 to 0 between the two epochs, centre crops after."""
+
+    random_crop_min: float = 0.8
+    hflip: bool = True
+    crop_decay_start_epoch: int = 350
+    crop_decay_end_epoch: int = 375
+
+
+@dataclass
+class SampleConfig:
+    cfg: float = 4.5
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    steps: int = 100
+    sampler: Literal["sde", "ode"] = "sde"
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    ar: ARConfig | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae_loss: VAELossConfig | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = _type_name(args[0])
+        return f"a list of {inner}" if args[-1] is Ellipsis else f"a list of {len(args)} {inner}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a RecipeError naming ``key``."""
+    origin = typing.get_origin(tp)
+    wrong = RecipeError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong
+        return _build(tp, value, key, where)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], key, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise wrong
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise wrong
+        if args[-1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, where) for v in value)
+        if len(value) != len(args):
+            raise wrong
+        return tuple(_coerce(v, a, key, where) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    raise TypeError(f"unsupported recipe field type {tp!r}")
+
+
+def _unknown_key(cls: type, name: str, prefix: str, where: str) -> RecipeError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    return RecipeError(f"{where}: unknown key '{prefix}{name}'; {hint}")
+
+
+def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    pre = f"{prefix}." if prefix else ""
+    for name in data:
+        if name not in names:
+            raise _unknown_key(cls, name, pre, where)
+    kwargs = {name: _coerce(v, hints[name], pre + name, where) for name, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"--set {text}: expected section.key=value, e.g. train.lr=1e-4")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: --set run.name=my_run
+    return dotted.strip().split("."), value
+
+
+def _apply_override(data: dict, path: list[str], value: Any, text: str, where: str) -> None:
+    cls: type = Recipe
+    node = data
+    for depth, name in enumerate(path):
+        hints = typing.get_type_hints(cls)
+        prefix = ".".join(path[:depth])
+        if name not in hints:
+            raise _unknown_key(cls, name, f"{prefix}." if prefix else "", f"{where} (--set {text})")
+        if depth == len(path) - 1:
+            node[name] = value
+            return
+        tp = hints[name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if not dataclasses.is_dataclass(tp):
+            raise RecipeError(f"{where} (--set {text}): '{'.'.join(path[: depth + 1])}' is a value")
+        node = node.setdefault(name, {})
+        cls = tp
+    raise RecipeError(f"{where} (--set {text}): name a key inside a section, e.g. train.lr")
+
+
+def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+    data = json.loads(json.dumps(data))  # overrides must not touch the caller's dict
+    for text in overrides:
+        path, value = _parse_override(text)
+        _apply_override(data, path, value, text, where)
+    recipe = _build(Recipe, data, "", where)
+    recipe.vae.check(where)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a TOML recipe, apply ``--set`` overrides and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file; the shipped ones are in recipes/")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML ({e})") from None
+    return recipe_from_dict(data, str(path), overrides)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain nested dict; sections and fields that are None are left out."""
+
+    def clean(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {
+                f.name: clean(getattr(obj, f.name))
+                for f in dataclasses.fields(obj)
+                if getattr(obj, f.name) is not None
+            }
+        if isinstance(obj, tuple):
+            return list(obj)
+        return obj
+
+    return clean(recipe)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    return repr(value)
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    lines = []
+    for section, table in recipe_to_dict(recipe).items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_recipe(recipe: Recipe, out_dir: str | Path) -> Path:
+    """Write the resolved recipe beside a run's outputs as ``recipe.toml``."""
+    out = Path(out_dir) / "recipe.toml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".toml.tmp")
+    tmp.write_text(recipe_to_toml(recipe))
+    tmp.replace(out)
+    return out

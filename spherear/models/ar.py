@@ -1,0 +1,159 @@
+"""SphereAR: a causal transformer over hyperspherical tokens with a flow-matching head.
+
+Training (teacher forcing): [class tokens, tokens 0..N-2] -> causal blocks -> the N outputs
+that predict tokens 0..N-1 -> + a per-position embedding = the head's condition z. The head
+learns the velocity of each token's flow, ``diff_batch_mul`` noisy copies per token.
+
+Sampling: KV-cached raster-order decoding. Each token is drawn by the head under
+classifier-free guidance and then radially normalised to radius sqrt(latent_dim), so every
+token fed back to the trunk or to the VAE decoder lies on the sphere the VAE was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spherear.config import ARConfig
+from spherear.models.diffusion_head import DiffusionHead
+from spherear.models.flow import flow_matching_loss, sample_ode, sample_sde
+from spherear.models.kv_cache import KVCache
+from spherear.models.transformer import Block, RMSNorm, rope_table_2d
+
+
+def to_sphere(x: torch.Tensor) -> torch.Tensor:
+    """Radial normalisation onto the sphere of radius sqrt(dim)."""
+    return F.normalize(x.float(), dim=-1) * math.sqrt(x.shape[-1])
+
+
+def cfg_scales(cfg: float, schedule: str, num_tokens: int) -> list[float]:
+    """Guidance scale per token: constant, or rising linearly from 1 towards ``cfg``."""
+    if schedule == "constant":
+        return [cfg] * num_tokens
+    if schedule == "linear":
+        return [1 + (cfg - 1) * i / num_tokens for i in range(num_tokens)]
+    raise ValueError(f"unknown CFG schedule '{schedule}'; use 'linear' or 'constant'")
+
+
+class SphereAR(nn.Module):
+    def __init__(self, cfg: ARConfig, latent_dim: int, grid_size: int):
+        """``cfg`` must be resolved (``registry.resolve_ar``); the VAE fixes the token grid."""
+        super().__init__()
+        self.cfg = cfg
+        self.latent_dim = latent_dim
+        self.num_tokens = grid_size**2
+        self.num_prefix = cfg.num_class_tokens
+        w = cfg.width
+        self.cls_embedding = nn.Embedding(cfg.num_classes + 1, cfg.num_class_tokens * w)
+        self.proj_in = nn.Linear(latent_dim, w)
+        self.emb_norm = RMSNorm(w)
+        self.layers = nn.ModuleList(Block(w, cfg.num_heads) for _ in range(cfg.depth))
+        self.norm = RMSNorm(w)
+        self.pos_for_diff = nn.Embedding(self.num_tokens, w)
+        self.head = DiffusionHead(latent_dim, w, cfg.head_width, cfg.head_depth, cfg.head_groups)
+        rope = rope_table_2d(grid_size, w // cfg.num_heads, cfg.num_class_tokens)
+        self.register_buffer("rope", rope, persistent=False)
+        self.grad_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        self.head.zero_init_modulation()
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def class_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.cls_embedding(labels).view(len(labels), self.num_prefix, -1)
+
+    def _trunk(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        start = cache.length if cache is not None else 0
+        rope = self.rope[start : start + x.shape[1]]
+        for i, layer in enumerate(self.layers):
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, True, use_reentrant=False)
+            else:
+                x = layer(x, rope, True, cache, i)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return self.norm(x)
+
+    def conditions(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced head conditions z (B, N, width) for tokens (B, N, latent_dim)."""
+        x = torch.cat([self.class_tokens(labels), self.proj_in(tokens[:, :-1])], dim=1)
+        h = self._trunk(self.emb_norm(x))
+        return h[:, self.num_prefix - 1 :] + self.pos_for_diff.weight
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Flow-matching loss for latent tokens (B, N, latent_dim) of images of class ``labels``."""
+        if self.training and self.cfg.class_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        z = self.conditions(tokens, labels)
+        # every condition is reused for several (t, noise) draws: cheap extra head samples
+        k = self.cfg.diff_batch_mul
+        z = z.reshape(-1, z.shape[-1]).repeat(k, 1)
+        target = tokens.reshape(-1, self.latent_dim).repeat(k, 1)
+        return flow_matching_loss(lambda x, t: self.head(x, t, z), target)
+
+    @torch.no_grad()
+    def decode_loop(
+        self, labels: torch.Tensor, choose: Callable[[int, torch.Tensor], torch.Tensor]
+    ) -> None:
+        """KV-cached decoding. ``choose(i, z_i)`` gets the head condition (rows, width) of
+        token i and returns the token (rows, latent_dim) to feed back."""
+        cache = KVCache(self.num_prefix + self.num_tokens - 1)
+        h = self._trunk(self.emb_norm(self.class_tokens(labels)), cache)[:, -1]
+        for i in range(self.num_tokens):
+            token = choose(i, h + self.pos_for_diff.weight[i])
+            if i + 1 < self.num_tokens:
+                x = self.emb_norm(self.proj_in(token.to(self.proj_in.weight.dtype))[:, None])
+                h = self._trunk(x, cache)[:, -1]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor,
+        cfg: float = 4.5,
+        cfg_schedule: str = "linear",
+        steps: int = 100,
+        sampler: str = "sde",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Latent tokens (B, N, latent_dim) on the sphere for class ``labels`` (B,)."""
+        if sampler not in ("sde", "ode"):
+            raise ValueError(f"unknown sampler '{sampler}'; use 'sde' or 'ode'")
+        B = len(labels)
+        guided = cfg != 1.0
+        rows = labels
+        if guided:
+            rows = torch.cat([labels, torch.full_like(labels, self.null_class)])
+        scales = cfg_scales(cfg, cfg_schedule, self.num_tokens)
+        out = torch.empty(B, self.num_tokens, self.latent_dim, device=labels.device)
+
+        def choose(i: int, z: torch.Tensor) -> torch.Tensor:
+            def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                if not guided:
+                    return self.head(x, t, z).float()
+                v_cond, v_uncond = self.head(x.repeat(2, 1), t.repeat(2), z).float().chunk(2)
+                return v_uncond + scales[i] * (v_cond - v_uncond)
+
+            noise = torch.randn(B, self.latent_dim, device=labels.device, generator=generator)
+            if sampler == "sde":
+                x = sample_sde(velocity, noise, steps, generator=generator)
+            else:
+                x = sample_ode(velocity, noise, steps)
+            out[:, i] = to_sphere(x)  # after CFG: guidance changes the norm, not the sphere
+            return out[:, i].repeat(2, 1) if guided else out[:, i]
+
+        self.decode_loop(rows, choose)
+        return out

@@ -1,0 +1,41 @@
+"""Model sizes. Recipes name a row (``ar.size``); the paper's B/L/H match the released models."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+from spherear.config import ARConfig, RecipeError
+
+# depth, heads and width of the causal trunk; res-blocks, width and adaLN groups of the head
+AR_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(depth=4, num_heads=4, width=128, head_depth=3, head_width=128, head_groups=1),
+    "B": dict(depth=24, num_heads=12, width=768, head_depth=6, head_width=768, head_groups=2),
+    "L": dict(depth=32, num_heads=16, width=1024, head_depth=8, head_width=1024, head_groups=2),
+    "H": dict(depth=40, num_heads=20, width=1280, head_depth=12, head_width=1280, head_groups=3),
+}
+
+
+def resolve_ar(cfg: ARConfig, where: str = "recipe") -> ARConfig:
+    """Fill the architecture fields left unset from the size registry."""
+    if cfg.size not in AR_SIZES:
+        close = difflib.get_close_matches(cfg.size, AR_SIZES, n=1, cutoff=0.3)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise RecipeError(
+            f"{where}: unknown ar.size '{cfg.size}'; {hint}sizes: {', '.join(AR_SIZES)}"
+        )
+    row = AR_SIZES[cfg.size]
+    filled = dataclasses.replace(
+        cfg, **{k: v for k, v in row.items() if getattr(cfg, k) is None}
+    )
+    if filled.width % filled.num_heads or (filled.width // filled.num_heads) % 4:
+        raise RecipeError(
+            f"{where}: ar.width {filled.width} / ar.num_heads {filled.num_heads} must give a head "
+            "dimension divisible by 4 (2D RoPE splits it in x and y halves)"
+        )
+    if filled.head_depth % filled.head_groups:
+        raise RecipeError(
+            f"{where}: ar.head_depth {filled.head_depth} must be a multiple of "
+            f"ar.head_groups {filled.head_groups}"
+        )
+    return filled

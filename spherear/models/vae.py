@@ -1,0 +1,169 @@
+"""S-VAE: the hybrid CNN-ViT tokenizer with a power-spherical posterior.
+
+Encoder: conv stem -> residual down blocks -> tokens -> registers + non-causal blocks ->
+RMSNorm -> linear. ``quant_proj`` maps each token to a direction (latent_dim numbers,
+l2-normalised) and a concentration. Decoder: the mirror image, fed with latents on the
+sphere of radius sqrt(latent_dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spherear.config import VAEConfig
+from spherear.models.power_spherical import PowerSpherical
+from spherear.models.transformer import Block, RMSNorm, rope_table_2d
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+class DownBlock(nn.Module):
+    """Halves the resolution: GN-SiLU-conv(stride 2)-GN-SiLU-conv plus a 2x2 conv shortcut."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            group_norm(cin), nn.SiLU(), _conv3x3(cin, cout, 2),
+            group_norm(cout), nn.SiLU(), _conv3x3(cout, cout),
+        )  # fmt: skip
+        self.shortcut = nn.Conv2d(cin, cout, 2, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) + self.shortcut(x)
+
+
+class UpBlock(nn.Module):
+    """Doubles the resolution with a 4x4 transposed conv (2x2 transposed shortcut), then
+    one more residual pair of 3x3 convs."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            group_norm(cin), nn.SiLU(), nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+            group_norm(cout), nn.SiLU(), _conv3x3(cout, cout),
+        )  # fmt: skip
+        self.shortcut = nn.ConvTranspose2d(cin, cout, 2, 2, bias=False)
+        self.block2 = nn.Sequential(
+            group_norm(cout), nn.SiLU(), _conv3x3(cout, cout),
+            group_norm(cout), nn.SiLU(), _conv3x3(cout, cout),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(x) + self.shortcut(x)
+        return x + self.block2(x)
+
+
+class _RegisterTransformer(nn.Module):
+    """Non-causal blocks over [registers, grid tokens]; returns the grid tokens only."""
+
+    def __init__(self, cfg: VAEConfig, depth: int):
+        super().__init__()
+        self.num_registers = cfg.num_registers
+        head_dim = cfg.width // cfg.num_heads
+        # persistent: the authors' checkpoints carry this table, so loading them checks ours
+        self.register_buffer("freqs_cis", rope_table_2d(cfg.grid_size, head_dim, cfg.num_registers))
+        self.register_token = nn.Embedding(cfg.num_registers, cfg.width)
+        self.layers = nn.ModuleList(Block(cfg.width, cfg.num_heads) for _ in range(depth))
+
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        registers = self.register_token.weight.expand(tokens.shape[0], -1, -1)
+        x = torch.cat([registers.to(tokens.dtype), tokens], dim=1)
+        for layer in self.layers:
+            x = layer(x, self.freqs_cis)
+        return x[:, self.num_registers :]
+
+
+def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    B, N, C = tokens.shape
+    side = math.isqrt(N)
+    return tokens.transpose(1, 2).reshape(B, C, side, side)
+
+
+class Encoder(_RegisterTransformer):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__(cfg, cfg.encoder_depth)
+        ch = cfg.channels
+        self.conv_in = _conv3x3(3, ch[0])
+        self.down = nn.ModuleList(DownBlock(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
+        self.norm = RMSNorm(cfg.width)
+        self.output = nn.Linear(cfg.width, cfg.width, bias=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(images)
+        for block in self.down:
+            x = block(x)
+        return self.output(self.norm(self.run_blocks(_to_tokens(x))))
+
+
+class Decoder(_RegisterTransformer):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__(cfg, cfg.decoder_depth)
+        ch = cfg.channels[::-1]
+        self.conv_in = _conv3x3(cfg.width, cfg.width)
+        self.up = nn.ModuleList(UpBlock(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
+        self.conv_out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(), _conv3x3(ch[-1], 3))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = _to_tokens(self.conv_in(_to_grid(tokens)))
+        x = _to_grid(self.run_blocks(x))
+        for block in self.up:
+            x = block(x)
+        return self.conv_out(x)
+
+
+class SphericalPosterior:
+    """q(z | x) per token: power-spherical on the sphere of radius sqrt(latent_dim)."""
+
+    def __init__(self, mu: torch.Tensor, kappa: torch.Tensor):
+        self.mu, self.kappa = mu, kappa
+        self.dist = PowerSpherical(mu, kappa)
+        self.radius = math.sqrt(mu.shape[-1])
+
+    def sample(self) -> torch.Tensor:
+        return self.dist.rsample() * self.radius
+
+    def mode(self) -> torch.Tensor:
+        return self.dist.mu * self.radius
+
+    def kl(self) -> torch.Tensor:
+        """KL to the uniform distribution on the sphere, per token."""
+        return self.dist.kl_to_uniform()
+
+
+class SphericalVAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_proj = nn.Linear(cfg.width, cfg.latent_dim + 1)
+        self.post_quant_proj = nn.Linear(cfg.latent_dim, cfg.width, bias=False)
+
+    def encode(self, images: torch.Tensor) -> SphericalPosterior:
+        """images (B, 3, H, W) in [-1, 1] -> posterior over (B, num_tokens, latent_dim)."""
+        h = self.quant_proj(self.encoder(images)).float()
+        mu = F.normalize(h[..., :-1], dim=-1)
+        kappa = F.softplus(h[..., -1]) + 1.0
+        return SphericalPosterior(mu, kappa)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, num_tokens, latent_dim) on the radius-sqrt(latent_dim) sphere -> images."""
+        return self.decoder(self.post_quant_proj(latents.to(self.post_quant_proj.weight.dtype)))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, SphericalPosterior]:
+        posterior = self.encode(images)
+        return self.decode(posterior.sample()), posterior
