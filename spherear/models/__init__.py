@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from spherear.config import Recipe
 from spherear.models.ar import SphereAR
 from spherear.models.registry import resolve_ar
@@ -18,4 +20,23 @@ def build_ar(recipe: Recipe) -> SphereAR:
     return SphereAR(resolve_ar(recipe.ar), recipe.vae.latent_dim, recipe.vae.grid_size)
 
 
-__all__ = ["SphereAR", "SphericalVAE", "build_ar", "build_vae"]
+__all__ = ["SphereAR", "SphericalVAE", "build_ar", "build_vae", "count_parameters"]
+
+
+def count_parameters(recipe: Recipe) -> dict[str, int]:
+    """Parameter counts of each part, from models built on the meta device (no memory)."""
+    with torch.device("meta"):
+        counts = {"VAE": _numel(build_vae(recipe))}
+        if recipe.ar is not None:
+            ar = build_ar(recipe)
+            head = _numel(ar.head)
+            counts |= {
+                "AR trunk": _numel(ar) - head,
+                "diffusion head": head,
+                "AR + head": _numel(ar),
+            }
+    return counts
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -55,10 +55,19 @@ class SphereAR(nn.Module):
         self.norm = RMSNorm(w)
         self.pos_for_diff = nn.Embedding(self.num_tokens, w)
         self.head = DiffusionHead(latent_dim, w, cfg.head_width, cfg.head_depth, cfg.head_groups)
-        rope = rope_table_2d(grid_size, w // cfg.num_heads, cfg.num_class_tokens)
-        self.register_buffer("rope", rope, persistent=False)
+        self.grid_size = grid_size
+        # not saved with the weights (the released files lack it): rebuilt by reset_buffers
+        self.register_buffer("rope", self._rope_table(), persistent=False)
         self.grad_checkpointing = False
         self.reset_parameters()
+
+    def _rope_table(self) -> torch.Tensor:
+        head_dim = self.cfg.width // self.cfg.num_heads
+        return rope_table_2d(self.grid_size, head_dim, self.num_prefix)
+
+    def reset_buffers(self) -> None:
+        """Recompute the RoPE table, e.g. after building on the meta device."""
+        self.rope = self._rope_table().to(self.pos_for_diff.weight.device)
 
     def reset_parameters(self) -> None:
         for m in self.modules():

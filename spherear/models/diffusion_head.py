@@ -87,11 +87,14 @@ class DiffusionHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x (N, latent_dim) noisy tokens, t (N,) times, z (N, cond_dim) -> velocity (N, latent_dim)."""
+        """Velocity (N, latent_dim) of noisy tokens x (N, latent_dim) at times t (N,) given
+        the trunk's conditions z (N, cond_dim)."""
         y = F.silu(self.time_embed(t) + self.cond_embed(z))
         h = self.input_proj(x.to(self.input_proj.weight.dtype))
         for g, ada_ln in enumerate(self.ada_ln_blocks):
             scale, shift, gate = ada_ln(y).chunk(3, dim=-1)
-            for block in self.res_blocks[g * self.blocks_per_group : (g + 1) * self.blocks_per_group]:
+            for block in self.res_blocks[
+                g * self.blocks_per_group : (g + 1) * self.blocks_per_group
+            ]:
                 h = block(h, scale, shift, gate)
         return self.final_layer(h, y)

@@ -34,10 +34,7 @@ class PowerSpherical:
     def _log_normalizer(self) -> torch.Tensor:
         a, b = self._alpha, self._beta
         return -(
-            (a + b) * math.log(2.0)
-            + b * math.log(math.pi)
-            + torch.lgamma(a)
-            - torch.lgamma(a + b)
+            (a + b) * math.log(2.0) + b * math.log(math.pi) + torch.lgamma(a) - torch.lgamma(a + b)
         )
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +64,9 @@ class PowerSpherical:
         with torch.autocast(self.mu.device.type, enabled=False):
             z = torch.distributions.Beta(self._alpha.float(), self._beta.float()).rsample()
             t = (2 * z - 1).unsqueeze(-1)
-            v = F.normalize(torch.randn(*self.mu.shape[:-1], self.dim - 1, device=self.mu.device), dim=-1)
+            v = F.normalize(
+                torch.randn(*self.mu.shape[:-1], self.dim - 1, device=self.mu.device), dim=-1
+            )
             y = torch.cat([t, (1 - t.square()).clamp_min(0).sqrt() * v], dim=-1)
             return _householder_to(y, self.mu)
 

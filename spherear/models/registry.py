@@ -25,9 +25,7 @@ def resolve_ar(cfg: ARConfig, where: str = "recipe") -> ARConfig:
             f"{where}: unknown ar.size '{cfg.size}'; {hint}sizes: {', '.join(AR_SIZES)}"
         )
     row = AR_SIZES[cfg.size]
-    filled = dataclasses.replace(
-        cfg, **{k: v for k, v in row.items() if getattr(cfg, k) is None}
-    )
+    filled = dataclasses.replace(cfg, **{k: v for k, v in row.items() if getattr(cfg, k) is None})
     if filled.width % filled.num_heads or (filled.width // filled.num_heads) % 4:
         raise RecipeError(
             f"{where}: ar.width {filled.width} / ar.num_heads {filled.num_heads} must give a head "

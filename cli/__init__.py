@@ -1,0 +1,42 @@
+"""The ``spherear`` command line: parse, load the recipe, call the library, print.
+
+Installed as ``spherear.cli``. Errors the user can fix (a bad recipe key, a file that is
+not a checkpoint) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import typer
+from spherear.cli import info
+
+from spherear import __version__
+
+app = typer.Typer(
+    name="spherear",
+    help="Train, sample, evaluate and publish SphereAR image generators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spherear {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """SphereAR: hyperspherical latents for continuous-token autoregressive generation."""
+
+
+app.command("info")(info.info)
+
+
+def main() -> None:
+    app()

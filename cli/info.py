@@ -1,0 +1,40 @@
+"""``spherear info``: what a recipe builds, or what a checkpoint file holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from spherear.cli.errors import user_errors
+
+from spherear.checkpoints import inspect_checkpoint
+from spherear.config import load_recipe, recipe_to_toml
+from spherear.models import count_parameters
+from spherear.models.registry import resolve_ar
+
+
+@user_errors
+def info(
+    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="A TOML recipe."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a recipe value, e.g. --set train.lr=1e-4 (repeatable)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-c", help="An authors' .pt or a spherear export folder."
+    ),
+) -> None:
+    """Print a recipe resolved with its parameter counts, or describe a checkpoint."""
+    if (recipe is None) == (checkpoint is None):
+        typer.echo("error: pass exactly one of --recipe or --checkpoint", err=True)
+        raise typer.Exit(2)
+    if checkpoint is not None:
+        typer.echo(inspect_checkpoint(checkpoint).describe())
+        return
+    resolved = load_recipe(recipe, overrides)
+    if resolved.ar is not None:
+        resolved.ar = resolve_ar(resolved.ar, str(recipe))
+    typer.echo(f"# {recipe} (resolved)")
+    typer.echo(recipe_to_toml(resolved))
+    typer.echo("# parameters (millions, counted on the meta device)")
+    for part, n in count_parameters(resolved).items():
+        typer.echo(f"{part:<16}{n / 1e6:8.1f}M")

@@ -1,0 +1,3 @@
+from spherear.cli import main
+
+main()

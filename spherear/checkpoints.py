@@ -1,0 +1,361 @@
+"""Model files: our format (safetensors + config.json) and the authors' released ``.pt`` files.
+
+Our format is a folder::
+
+    config.json        {"format": "spherear", "kind": "vae" | "ar", "recipe": {...}}
+    recipe.toml        the same recipe, for people
+    vae.safetensors    the S-VAE
+    ar.safetensors     the AR model, EMA weights (absent for a VAE-only export)
+    ar_raw.safetensors the AR model, raw weights (optional)
+
+The authors' files are ``torch.save`` dicts with ``model``, ``ema``, ``args`` (an
+``argparse.Namespace``) and training state. They are read with ``weights_only=True`` so
+that no code runs while unpickling. Their key names differ from ours in four places only,
+listed in ``AUTHORS_KEY_RENAMES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spherear.config import (
+    ARConfig,
+    Recipe,
+    VAEConfig,
+    recipe_from_dict,
+    recipe_to_dict,
+    save_recipe,
+)
+from spherear.models import build_ar, build_vae
+from spherear.models.ar import SphereAR
+from spherear.models.registry import AR_SIZES
+from spherear.models.transformer import rope_table_2d
+from spherear.models.vae import SphericalVAE
+
+FORMAT_NAME = "spherear"
+FORMAT_VERSION = 1
+
+# (authors' prefix, our prefix). Theirs wraps the conv stacks in Sequentials whose other
+# entries are parameter-free reshapes, and the head MLP in a ``net`` attribute.
+AUTHORS_KEY_RENAMES: list[tuple[str, str]] = [
+    ("vae.encoder.patchify.0.net.", "vae.encoder.down."),
+    ("vae.decoder.unpatchify.1.net.", "vae.decoder.up."),
+    ("vae.decoder.conv_in.1.", "vae.decoder.conv_in."),
+    ("head.net.", "head."),
+]
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message says which and why."""
+
+
+def authors_to_ours(key: str) -> str:
+    for theirs, ours in AUTHORS_KEY_RENAMES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs) :]
+    return key
+
+
+def ours_to_authors(key: str) -> str:
+    for theirs, ours in AUTHORS_KEY_RENAMES:
+        if key.startswith(ours):
+            return theirs + key[len(ours) :]
+    return key
+
+
+@dataclass
+class Loaded:
+    """What a checkpoint gave: the recipe that rebuilds it and the models it holds."""
+
+    recipe: Recipe
+    vae: SphericalVAE
+    ar: SphereAR | None
+    description: str
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    origin: str  # "spherear" or "authors"
+    kind: str  # "vae" or "full" (VAE + AR)
+    size: str | None
+    has_ema: bool
+    num_classes: int | None = None
+    epochs: int | None = None
+
+    def describe(self) -> str:
+        who = "spherear export" if self.origin == FORMAT_NAME else "authors' release format"
+        what = "VAE only" if self.kind == "vae" else f"full SphereAR-{self.size} (VAE + AR)"
+        ema = "EMA weights present" if self.has_ema else "no EMA weights"
+        parts = [f"{self.path}: {who}, {what}, {ema}"]
+        if self.num_classes is not None:
+            parts.append(f"{self.num_classes} classes")
+        if self.epochs is not None:
+            parts.append(f"trained {self.epochs} epochs")
+        return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Building models without paying for a random init that loading overwrites
+
+
+def _empty(build) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = build()
+    return model.to_empty(device="cpu")
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict(state, strict=True)
+    if isinstance(model, SphereAR):
+        model.reset_buffers()
+    model.eval()
+
+
+def _mismatches(expected: dict[str, torch.Size], found: dict[str, tuple]) -> list[str]:
+    out = [f"missing '{k}'" for k in expected if k not in found]
+    out += [f"unexpected '{k}'" for k in found if k not in expected]
+    out += [
+        f"'{k}' has shape {tuple(found[k])}, expected {tuple(s)}"
+        for k, s in expected.items()
+        if k in found and tuple(found[k]) != tuple(s)
+    ]
+    return out
+
+
+def _shapes(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Size]:
+    return {prefix + k: v.shape for k, v in model.state_dict().items()}
+
+
+def _meta_shapes(recipe: Recipe) -> dict[str, torch.Size]:
+    """Our key -> shape for the VAE (prefixed ``vae.``) and, if present, the AR model."""
+    with torch.device("meta"):
+        shapes = _shapes(build_vae(recipe), "vae.")
+        if recipe.ar is not None:
+            shapes.update(_shapes(build_ar(recipe)))
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------
+# The authors' release
+
+
+def _safe_load(path: Path, mmap: bool):
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def read_authors_file(path: str | Path) -> dict:
+    """``torch.load`` that unpickles tensors, containers and argparse.Namespace only."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = _safe_load(path, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # files in torch's legacy format cannot be memory-mapped
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+        obj = _safe_load(path, mmap=False)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to unpickle it ({first}); only tensors, plain containers and "
+            "argparse.Namespace are allowed, so this is not a SphereAR checkpoint"
+        ) from None
+    except (EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise CheckpointError(
+            f"{path}: expected the authors' format, a dict with a 'model' state dict "
+            "(and 'ema', 'args'); this file has none"
+        )
+    return obj
+
+
+def _authors_recipe(shapes: dict[str, tuple], size: str | None) -> Recipe:
+    """The recipe of a released model: 256px S-VAE, and the AR size if there is one."""
+    if size is None:
+        return Recipe(vae=VAEConfig())
+    num_classes = shapes.get("cls_embedding.weight", (1001,))[0] - 1
+    return Recipe(vae=VAEConfig(), ar=ARConfig(size=size, num_classes=num_classes))
+
+
+def _guess_size(found: dict[str, tuple]) -> tuple[str | None, int]:
+    """The registry size (or None = VAE only) whose key set is closest to ``found``."""
+    best, best_count = None, math.inf
+    for size in [None, *AR_SIZES]:
+        count = len(_mismatches(_meta_shapes(_authors_recipe(found, size)), found))
+        if count < best_count:
+            best, best_count = size, count
+    return best, best_count
+
+
+def _label(size: str | None) -> str:
+    return "a VAE-only checkpoint" if size is None else f"SphereAR-{size}"
+
+
+def _authors_state(obj: dict, weights: str) -> dict[str, torch.Tensor]:
+    state = dict(obj["model"])
+    if weights == "ema" and isinstance(obj.get("ema"), dict):
+        state.update(obj["ema"])  # EMA covers the trained parts; the frozen VAE may be absent
+    return {authors_to_ours(k): v for k, v in state.items()}
+
+
+def load_authors_checkpoint(
+    path: str | Path, weights: str = "ema", expect: str | None = "auto"
+) -> Loaded:
+    """Load an authors' ``.pt`` (VAE-only or full) into our modules, strictly.
+
+    ``expect``: "auto" (detect), "vae" or a registry size such as "B". A file whose keys or
+    shapes do not match is refused, naming up to five mismatches and the size it looks like.
+    """
+    if weights not in ("ema", "model"):
+        raise ValueError("weights must be 'ema' or 'model'")
+    obj = read_authors_file(path)
+    state = _authors_state(obj, weights)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    guess, _ = _guess_size(found)
+    target = guess if expect == "auto" else (None if expect == "vae" else expect)
+    recipe = _authors_recipe(found, target)
+    problems = _mismatches(_meta_shapes(recipe), found)
+    if problems:
+        listed = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise CheckpointError(
+            f"{path}: not {_label(target)} in the authors' format: {listed}. "
+            f"It looks most like {_label(guess)}"
+        )
+    _check_rope(state, recipe, path)
+    vae = _empty(lambda: build_vae(recipe))
+    vae_state = {k[4:]: v for k, v in state.items() if k.startswith("vae.")}
+    _load_strict(vae, vae_state)
+    ar = None
+    if recipe.ar is not None:
+        ar = _empty(lambda: build_ar(recipe))
+        _load_strict(ar, {k: v for k, v in state.items() if not k.startswith("vae.")})
+    used = "EMA" if weights == "ema" and isinstance(obj.get("ema"), dict) else "raw"
+    return Loaded(recipe, vae, ar, f"{path} ({_label(target)}, authors' format, {used} weights)")
+
+
+def _check_rope(state: dict[str, torch.Tensor], recipe: Recipe, path) -> None:
+    """The VAE's saved RoPE table pins down the 2D convention the AR model (whose table is
+    not saved) must share; say so loudly if ours differs."""
+    saved = state.get("vae.encoder.freqs_cis")
+    head_dim = recipe.vae.width // recipe.vae.num_heads
+    ours = rope_table_2d(recipe.vae.grid_size, head_dim, recipe.vae.num_registers)
+    if saved is not None and not torch.allclose(saved.float(), ours, atol=1e-4):
+        warnings.warn(
+            f"{path}: the saved VAE RoPE table differs from spherear's 2D RoPE convention; "
+            "the VAE uses the saved table, but AR samples may be degraded. Please report this.",
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Our format
+
+
+def save_pretrained(
+    out_dir: str | Path,
+    recipe: Recipe,
+    vae: SphericalVAE,
+    ar_state: dict[str, torch.Tensor] | None = None,
+    ar_raw_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a loadable export. ``ar_state`` is what sampling uses (normally the EMA)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    contiguous = lambda sd: {k: v.detach().contiguous().cpu() for k, v in sd.items()}  # noqa: E731
+    save_file(contiguous(vae.state_dict()), out / "vae.safetensors")
+    if ar_state is not None:
+        save_file(contiguous(ar_state), out / "ar.safetensors")
+    if ar_raw_state is not None:
+        save_file(contiguous(ar_raw_state), out / "ar_raw.safetensors")
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": "ar" if ar_state is not None else "vae",
+        "recipe": recipe_to_dict(recipe),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_recipe(recipe, out)
+    return out
+
+
+def _our_folder(path: Path) -> Path | None:
+    folder = path if path.is_dir() else path.parent
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return folder if json.loads(config.read_text()).get("format") == FORMAT_NAME else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _read_config(folder: Path) -> tuple[dict, Recipe]:
+    config = json.loads((folder / "config.json").read_text())
+    return config, recipe_from_dict(config["recipe"], str(folder / "config.json"))
+
+
+def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
+    folder = _our_folder(Path(path))
+    if folder is None:
+        raise CheckpointError(f"{path}: no spherear config.json here; pass an export folder")
+    config, recipe = _read_config(folder)
+    vae = _empty(lambda: build_vae(recipe))
+    _load_strict(vae, load_file(folder / "vae.safetensors"))
+    ar = None
+    if config["kind"] == "ar":
+        name = "ar.safetensors" if weights == "ema" else "ar_raw.safetensors"
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: no {name}; this export has no {weights} weights")
+        ar = _empty(lambda: build_ar(recipe))
+        _load_strict(ar, load_file(folder / name))
+    return Loaded(recipe, vae, ar, f"{folder} (spherear export, {weights} weights)")
+
+
+def load_checkpoint(path: str | Path, weights: str = "ema") -> Loaded:
+    """Our export folder or an authors' ``.pt``, whichever ``path`` is."""
+    if _our_folder(Path(path)) is not None:
+        return load_pretrained(path, weights)
+    return load_authors_checkpoint(path, "ema" if weights == "ema" else "model")
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """What a file holds, read from its keys and shapes without building a model."""
+    path = Path(path)
+    folder = _our_folder(path)
+    if folder is not None:
+        config, recipe = _read_config(folder)
+        size = recipe.ar.size if recipe.ar is not None else None
+        return CheckpointInfo(
+            str(folder), FORMAT_NAME, "full" if config["kind"] == "ar" else "vae", size,
+            (folder / "ar.safetensors").is_file(),
+            recipe.ar.num_classes if recipe.ar is not None else None,
+        )  # fmt: skip
+    obj = read_authors_file(path)
+    found = {authors_to_ours(k): tuple(v.shape) for k, v in obj["model"].items()}
+    size, mismatches = _guess_size(found)
+    if mismatches:
+        raise CheckpointError(
+            f"{path}: a torch checkpoint, but its keys match no SphereAR model "
+            f"({mismatches} differences from the closest, {_label(size)})"
+        )
+    epochs = obj.get("epochs")
+    return CheckpointInfo(
+        str(path), "authors", "vae" if size is None else "full", size,
+        isinstance(obj.get("ema"), dict) and len(obj["ema"]) > 0,
+        found["cls_embedding.weight"][0] - 1 if size is not None else None,
+        epochs if isinstance(epochs, int) else None,
+    )  # fmt: skip
