@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spherear.config import Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_recipe() -> Recipe:
+    """An even smaller model than recipes/tiny.toml, for fast unit tests."""
+    return load_recipe(
+        ROOT / "recipes" / "tiny.toml",
+        [
+            "vae.channels=[16, 32, 32]",
+            "vae.num_heads=2",
+            "vae.encoder_depth=1",
+            "vae.decoder_depth=1",
+            "ar.depth=2",
+            "ar.num_heads=2",
+            "ar.width=32",
+            "ar.head_depth=2",
+            "ar.head_width=32",
+            "ar.head_groups=2",
+        ],
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+
+from spherear.models import build_ar, build_vae
+from spherear.models.ar import cfg_scales, to_sphere
+from spherear.models.flow import sample_ode, sample_sde
+
+RADIUS = math.sqrt(16)
+
+
+def _sphere_tokens(ar, batch):
+    return to_sphere(torch.randn(batch, ar.num_tokens, ar.latent_dim))
+
+
+def _trained_like(ar):
+    """Zero-initialised head layers make every prediction 0; perturb them so tests see
+    a head whose output depends on its inputs, as after training."""
+    with torch.no_grad():
+        for p in ar.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return ar.eval()
+
+
+def test_kv_cached_decoding_equals_full_causal_forward(tiny_recipe):
+    ar = _trained_like(build_ar(tiny_recipe))
+    tokens = _sphere_tokens(ar, 3)
+    labels = torch.tensor([0, 5, ar.null_class])
+    with torch.no_grad():
+        full = ar.conditions(tokens, labels)
+    steps = []
+
+    def teacher(i, z):
+        steps.append(z)
+        return tokens[:, i]
+
+    ar.decode_loop(labels, teacher)
+    cached = torch.stack(steps, 1)
+    assert cached.shape == full.shape == (3, ar.num_tokens, ar.cfg.width)
+    assert (cached - full).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.5])
+@pytest.mark.parametrize("sampler", ["sde", "ode"])
+def test_every_fed_back_and_decoded_token_is_on_the_sphere(tiny_recipe, cfg, sampler):
+    ar = _trained_like(build_ar(tiny_recipe))
+    vae = build_vae(tiny_recipe).eval()
+    fed, decoded, raw = [], [], []
+    ar.proj_in.register_forward_pre_hook(lambda m, args: fed.append(args[0]))
+    vae.post_quant_proj.register_forward_pre_hook(lambda m, args: decoded.append(args[0]))
+    ar.head.final_layer.register_forward_hook(lambda m, a, out: raw.append(out))
+    labels = torch.tensor([1, 7])
+    tokens = ar.sample(labels, cfg=cfg, steps=4, sampler=sampler)
+    vae.decode(tokens)
+    fed = torch.cat([f.reshape(-1, 16) for f in fed])
+    assert len(fed) == (ar.num_tokens - 1) * len(labels) * (2 if cfg != 1.0 else 1)
+    for t in (fed, decoded[0].reshape(-1, 16), tokens.reshape(-1, 16)):
+        assert (t.norm(dim=-1) - RADIUS).abs().max().item() <= 1e-4
+    assert raw, "the head was never called"
+
+
+def test_guidance_uses_the_null_class_and_the_scale(tiny_recipe):
+    ar = _trained_like(build_ar(tiny_recipe))
+    seen = []
+    ar.cls_embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    ar.sample(torch.tensor([2, 3]), cfg=3.0, steps=2)
+    assert seen[0].tolist() == [2, 3, ar.null_class, ar.null_class]
+    g1 = torch.Generator().manual_seed(0)
+    g2 = torch.Generator().manual_seed(0)
+    a = ar.sample(torch.tensor([2]), cfg=1.0, steps=3, generator=g1)
+    b = ar.sample(torch.tensor([2]), cfg=6.0, steps=3, generator=g2)
+    assert not torch.allclose(a, b)
+
+
+def test_cfg_schedules():
+    lin = cfg_scales(4.5, "linear", 256)
+    assert lin[0] == 1.0 and lin[128] == pytest.approx(1 + 3.5 * 0.5) and lin[-1] < 4.5
+    assert cfg_scales(4.5, "constant", 4) == [4.5] * 4
+    with pytest.raises(ValueError, match="linear"):
+        cfg_scales(4.5, "cosine", 4)
+
+
+def test_training_loss_uses_repeats_and_class_dropout(tiny_recipe):
+    ar = build_ar(tiny_recipe).train()
+    tokens = _sphere_tokens(ar, 4)
+    seen, head_rows = [], []
+    ar.cls_embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    ar.head.input_proj.register_forward_hook(lambda m, args, out: head_rows.append(len(args[0])))
+    ar.cfg.class_dropout = 1.0
+    loss = ar(tokens, torch.tensor([1, 2, 3, 4]))
+    assert seen[-1].tolist() == [ar.null_class] * 4
+    assert head_rows[-1] == 4 * ar.num_tokens * ar.cfg.diff_batch_mul
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert ar.cls_embedding.weight.grad is not None
+
+
+def _gaussian_velocity(m: float, s: float):
+    """Exact rectified-flow velocity for data ~ N(m, s^2): v = E[x1 - noise | x_t]."""
+
+    def velocity(x, t):
+        t = t[:, None]
+        var = (1 - t) ** 2 + t**2 * s**2
+        e_x1 = m + t * s**2 / var * (x - t * m)
+        e_noise = (1 - t) / var * (x - t * m)
+        return e_x1 - e_noise
+
+    return velocity
+
+
+@pytest.mark.parametrize("sampler", ["sde", "ode"])
+def test_samplers_reach_the_data_distribution(sampler):
+    torch.manual_seed(0)
+    m, s = 1.5, 0.5
+    noise = torch.randn(20_000, 1)
+    v = _gaussian_velocity(m, s)
+    x = sample_sde(v, noise, steps=100) if sampler == "sde" else sample_ode(v, noise, steps=100)
+    assert x.mean().item() == pytest.approx(m, abs=0.02)
+    assert x.std().item() == pytest.approx(s, rel=0.05)

@@ -1,0 +1,42 @@
+import math
+
+import torch
+
+from spherear.config import VAEConfig
+from spherear.models.vae import SphericalVAE
+
+
+def test_encode_decode_shapes_and_sphere(tiny_recipe):
+    vae = SphericalVAE(tiny_recipe.vae)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    posterior = vae.encode(images)
+    n = tiny_recipe.vae.num_tokens
+    assert posterior.mu.shape == (2, n, 16) and posterior.kappa.shape == (2, n)
+    torch.testing.assert_close(posterior.mu.norm(dim=-1), torch.ones(2, n))
+    assert (posterior.kappa >= 1).all()
+    for z in (posterior.sample(), posterior.mode()):
+        torch.testing.assert_close(z.norm(dim=-1), torch.full((2, n), math.sqrt(16)))
+    recon = vae.decode(posterior.sample())
+    assert recon.shape == images.shape
+    assert posterior.kl().shape == (2, n) and (posterior.kl() >= 0).all()
+
+
+def test_resolution_stages_and_depths_are_configurable():
+    cfg = VAEConfig(
+        resolution=48, latent_dim=8, channels=(8, 16, 16, 32), num_heads=2,
+        encoder_depth=1, decoder_depth=3, num_registers=2,
+    )  # fmt: skip
+    vae = SphericalVAE(cfg)
+    assert cfg.patch_size == 8 and cfg.grid_size == 6
+    assert len(vae.encoder.down) == 3 and len(vae.decoder.layers) == 3
+    recon, posterior = vae(torch.zeros(1, 3, 48, 48))
+    assert recon.shape == (1, 3, 48, 48) and posterior.mu.shape == (1, 36, 8)
+
+
+def test_gradients_reach_the_encoder_through_the_sample(tiny_recipe):
+    vae = SphericalVAE(tiny_recipe.vae)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, posterior = vae(images)
+    ((recon - images).abs().mean() + 0.004 * posterior.kl().mean()).backward()
+    assert vae.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert vae.quant_proj.weight.grad.abs().sum() > 0
