@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +150,19 @@ def _meta_shapes(recipe: Recipe) -> dict[str, torch.Size]:
 # The authors' release
 
 
-def _safe_load(path: Path, mmap: bool):
+def _safe_load(path: Path):
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # files in torch's legacy format cannot be memory-mapped
+                raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_authors_file(path: str | Path) -> dict:
@@ -160,19 +171,19 @@ def read_authors_file(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        obj = _safe_load(path, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # files in torch's legacy format cannot be memory-mapped
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
-        obj = _safe_load(path, mmap=False)
+        obj = _safe_load(path)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's own message suggests weights_only=False, which is exactly what not to do
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it references {found.group(1)}" if found else _one_line(e)
         raise CheckpointError(
-            f"{path}: refused to unpickle it ({first}); only tensors, plain containers and "
+            f"{path}: refused to unpickle it ({what}); only tensors, plain containers and "
             "argparse.Namespace are allowed, so this is not a SphereAR checkpoint"
         ) from None
-    except (EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+    except Exception as e:  # the unpickler fails on garbage with many exception types
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(e).__name__}: {_one_line(e)})"
+        ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(
             f"{path}: expected the authors' format, a dict with a 'model' state dict "
@@ -189,17 +200,31 @@ def _authors_recipe(shapes: dict[str, tuple], size: str | None) -> Recipe:
     return Recipe(vae=VAEConfig(), ar=ARConfig(size=size, num_classes=num_classes))
 
 
+NO_MATCH = "none"
+
+
 def _guess_size(found: dict[str, tuple]) -> tuple[str | None, int]:
-    """The registry size (or None = VAE only) whose key set is closest to ``found``."""
-    best, best_count = None, math.inf
+    """The registry size (None = VAE only) whose key set is closest to ``found``, or
+    NO_MATCH when even the closest misses most of its keys."""
+    best, best_count, best_total = None, math.inf, 1
     for size in [None, *AR_SIZES]:
-        count = len(_mismatches(_meta_shapes(_authors_recipe(found, size)), found))
+        expected = _meta_shapes(_authors_recipe(found, size))
+        count = len(_mismatches(expected, found))
         if count < best_count:
-            best, best_count = size, count
-    return best, best_count
+            best, best_count, best_total = size, count, len(expected)
+    return (best if best_count < best_total / 2 else NO_MATCH), best_count
+
+
+def _no_match(path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: a torch checkpoint, but its 'model' keys match no SphereAR model "
+        "(expected the authors' vae.pt or SphereAR_{B,L,H}.pt)"
+    )
 
 
 def _label(size: str | None) -> str:
+    if size == NO_MATCH:
+        return "no SphereAR model"
     return "a VAE-only checkpoint" if size is None else f"SphereAR-{size}"
 
 
@@ -224,6 +249,8 @@ def load_authors_checkpoint(
     state = _authors_state(obj, weights)
     found = {k: tuple(v.shape) for k, v in state.items()}
     guess, _ = _guess_size(found)
+    if expect == "auto" and guess == NO_MATCH:
+        raise _no_match(path)
     target = guess if expect == "auto" else (None if expect == "vae" else expect)
     recipe = _authors_recipe(found, target)
     problems = _mismatches(_meta_shapes(recipe), found)
@@ -347,10 +374,12 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     obj = read_authors_file(path)
     found = {authors_to_ours(k): tuple(v.shape) for k, v in obj["model"].items()}
     size, mismatches = _guess_size(found)
+    if size == NO_MATCH:
+        raise _no_match(path)
     if mismatches:
         raise CheckpointError(
-            f"{path}: a torch checkpoint, but its keys match no SphereAR model "
-            f"({mismatches} differences from the closest, {_label(size)})"
+            f"{path}: close to {_label(size)} but {mismatches} keys or shapes differ; "
+            f"`load_authors_checkpoint` lists them"
         )
     epochs = obj.get("epochs")
     return CheckpointInfo(

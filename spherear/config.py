@@ -162,7 +162,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is tuple:
         args = typing.get_args(tp)
-        inner = _type_name(args[0])
+        inner = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}[args[0]]
         return f"a list of {inner}" if args[-1] is Ellipsis else f"a list of {len(args)} {inner}"
     if dataclasses.is_dataclass(tp):
         return "a table"
@@ -192,11 +192,13 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise wrong
-        if args[-1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key, where) for v in value)
-        if len(value) != len(args):
+        inner = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(value) != len(inner):
             raise wrong
-        return tuple(_coerce(v, a, key, where) for v, a in zip(value, args, strict=True))
+        try:
+            return tuple(_coerce(v, a, key, where) for v, a in zip(value, inner, strict=True))
+        except RecipeError:
+            raise wrong from None
     if tp is bool:
         if not isinstance(value, bool):
             raise wrong
@@ -263,7 +265,6 @@ def _apply_override(data: dict, path: list[str], value: Any, text: str, where: s
             raise RecipeError(f"{where} (--set {text}): '{'.'.join(path[: depth + 1])}' is a value")
         node = node.setdefault(name, {})
         cls = tp
-    raise RecipeError(f"{where} (--set {text}): name a key inside a section, e.g. train.lr")
 
 
 def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] = ()) -> Recipe:

@@ -19,8 +19,9 @@ AR_SIZES: dict[str, dict[str, int]] = {
 def resolve_ar(cfg: ARConfig, where: str = "recipe") -> ARConfig:
     """Fill the architecture fields left unset from the size registry."""
     if cfg.size not in AR_SIZES:
-        close = difflib.get_close_matches(cfg.size, AR_SIZES, n=1, cutoff=0.3)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        by_lower = {name.lower(): name for name in AR_SIZES}
+        close = difflib.get_close_matches(cfg.size.lower(), by_lower, n=1, cutoff=0.3)
+        hint = f"did you mean '{by_lower[close[0]]}'? " if close else ""
         raise RecipeError(
             f"{where}: unknown ar.size '{cfg.size}'; {hint}sizes: {', '.join(AR_SIZES)}"
         )
