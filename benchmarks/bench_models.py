@@ -48,6 +48,10 @@ def sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -280,18 +284,18 @@ def bench_size(size: str, device: torch.device, args, peak_gflops: float) -> dic
 
 
 def bench_device(device: torch.device, args) -> dict:
+    """Matmul peak, then every size. MFU is taken against the peak of the dtype the models
+    compute in: bf16 on CUDA (autocast), fp32 on the CPU."""
     log(f"{device.type}: matmul peak")
     if device.type == "cuda":
-        n, dtype = 8192, torch.bfloat16
-        measured = {str(d).removeprefix("torch."): matmul_gflops(device, d, n) for d in
-                    (torch.bfloat16, torch.float32)}  # fmt: skip
+        n, dtype, dtypes = 8192, torch.bfloat16, [torch.bfloat16, torch.float32]
     else:
-        n, dtype = 2048, torch.float32
-        measured = {"float32": matmul_gflops(device, torch.float32, n)}
-    peak = measured[str(dtype).removeprefix("torch.")]
+        n, dtype, dtypes = 2048, torch.float32, [torch.float32]
+    measured = {dtype_name(d): matmul_gflops(device, d, n) for d in dtypes}
+    peak = measured[dtype_name(dtype)]
     return {
         "device_name": device_name(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "matmul_n": n,
         "matmul_gflops": {d: sig(v) for d, v in measured.items()},
         "matmul_peak_gflops": sig(peak),
@@ -347,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_name": cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_num_threads": torch.get_num_threads(),
+            # other processes on the CPU skew every CPU number (threads wait on busy cores)
+            "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
             "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
         "settings": {
