@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from spherear.config import ARConfig
 from spherear.models.diffusion_head import DiffusionHead

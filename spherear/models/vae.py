@@ -155,7 +155,10 @@ class SphericalVAE(nn.Module):
 
     def encode(self, images: torch.Tensor) -> SphericalPosterior:
         """images (B, 3, H, W) in [-1, 1] -> posterior over (B, num_tokens, latent_dim)."""
-        h = self.quant_proj(self.encoder(images)).float()
+        features = self.encoder(images)
+        # the posterior's parameters in fp32 even under bf16 autocast: kappa spans 1 to 1e4
+        with torch.autocast(features.device.type, enabled=False):
+            h = self.quant_proj(features.float())
         mu = F.normalize(h[..., :-1], dim=-1)
         kappa = F.softplus(h[..., -1]) + 1.0
         return SphericalPosterior(mu, kappa)

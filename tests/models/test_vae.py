@@ -40,3 +40,13 @@ def test_gradients_reach_the_encoder_through_the_sample(tiny_recipe):
     ((recon - images).abs().mean() + 0.004 * posterior.kl().mean()).backward()
     assert vae.encoder.conv_in.weight.grad.abs().sum() > 0
     assert vae.quant_proj.weight.grad.abs().sum() > 0
+
+
+def test_posterior_is_fp32_under_bf16_autocast(tiny_recipe):
+    vae = SphericalVAE(tiny_recipe.vae)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        posterior = vae.encode(torch.rand(1, 3, 32, 32))
+        z = posterior.sample()
+        recon = vae.decode(z)
+    assert posterior.mu.dtype == posterior.kappa.dtype == z.dtype == torch.float32
+    assert recon.dtype == torch.bfloat16 and torch.isfinite(recon.float()).all()
