@@ -169,7 +169,7 @@ def bench_train(ar: SphereAR, batch: int, device: torch.device) -> tuple[float, 
             loss = ar(tokens, labels)
         loss.backward()
 
-    # warm-up: two iterations, or one if it is slow (B on a laptop CPU)
+    # warm-up: two iterations, or one if it is slow (B on a CPU)
     start = time.perf_counter()
     step()
     sync(device)
@@ -238,7 +238,7 @@ def bench_sample(
     """Returns (ms per decoding step of the whole batch, images per second)."""
     ar.eval()
     labels = torch.randint(ar.cfg.num_classes, (batch,), device=device)
-    sample_seconds(ar, labels, min(2, k), device)  # warm-up: cache allocation, kernels
+    sample_seconds(ar, labels, 1, device)  # warm-up: prefill, cache allocation, kernels
     seconds = sum(sample_seconds(ar, labels, k, device) for _ in range(calls)) / calls
     ms_per_token = 1000 * seconds / k
     return ms_per_token, batch / (ms_per_token / 1000 * ar.num_tokens)
@@ -277,6 +277,8 @@ def bench_size(size: str, device: torch.device, args, peak_gflops: float) -> dic
     out["sample_images_per_s"] = sig(images_per_s)
     sample_flops_per_s = args.batch * out["flops_per_token_sample"] / (ms_per_token / 1000)
     out["sample_mfu"] = sig(sample_flops_per_s / (peak_gflops * 1e9))
+    # this run's own threads count too: above the core count means the CPU was shared
+    out["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     del ar
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 
 class RecipeError(ValueError):
