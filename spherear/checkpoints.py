@@ -115,7 +115,11 @@ def _empty(build) -> torch.nn.Module:
     return model.to_empty(device="cpu")
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
+    problems = _mismatches(_shapes(model), {k: tuple(v.shape) for k, v in state.items()})
+    if problems:
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise CheckpointError(f"{where}: does not fit its recipe: {'; '.join(problems[:5])}{more}")
     model.load_state_dict(state, strict=True)
     if isinstance(model, SphereAR):
         model.reset_buffers()
@@ -175,10 +179,12 @@ def read_authors_file(path: str | Path) -> dict:
     except pickle.UnpicklingError as e:
         # torch's own message suggests weights_only=False, which is exactly what not to do
         found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it references {found.group(1)}" if found else _one_line(e)
+        if found is None:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (bad pickle)") from None
         raise CheckpointError(
-            f"{path}: refused to unpickle it ({what}); only tensors, plain containers and "
-            "argparse.Namespace are allowed, so this is not a SphereAR checkpoint"
+            f"{path}: refused to unpickle it (it references {found.group(1)}); only tensors, "
+            "plain containers and argparse.Namespace are allowed, so this is not a SphereAR "
+            "checkpoint"
         ) from None
     except Exception as e:  # the unpickler fails on garbage with many exception types
         raise CheckpointError(
@@ -189,6 +195,11 @@ def read_authors_file(path: str | Path) -> dict:
             f"{path}: expected the authors' format, a dict with a 'model' state dict "
             "(and 'ema', 'args'); this file has none"
         )
+    for part in ("model", "ema"):
+        values = obj.get(part) if isinstance(obj.get(part), dict) else {}
+        odd = next((k for k, v in values.items() if not isinstance(v, torch.Tensor)), None)
+        if odd is not None:
+            raise CheckpointError(f"{path}: '{part}' entry '{odd}' is not a tensor")
     return obj
 
 
@@ -228,11 +239,12 @@ def _label(size: str | None) -> str:
     return "a VAE-only checkpoint" if size is None else f"SphereAR-{size}"
 
 
-def _authors_state(obj: dict, weights: str) -> dict[str, torch.Tensor]:
+def _authors_state(obj: dict, weights: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Our key -> tensor, with EMA tensors over raw ones; also how many came from EMA."""
     state = dict(obj["model"])
-    if weights == "ema" and isinstance(obj.get("ema"), dict):
-        state.update(obj["ema"])  # EMA covers the trained parts; the frozen VAE may be absent
-    return {authors_to_ours(k): v for k, v in state.items()}
+    ema = obj.get("ema") if weights == "ema" and isinstance(obj.get("ema"), dict) else {}
+    state.update(ema)  # EMA covers the trained parts; the frozen VAE may be absent from it
+    return {authors_to_ours(k): v for k, v in state.items()}, len(ema)
 
 
 def load_authors_checkpoint(
@@ -246,7 +258,7 @@ def load_authors_checkpoint(
     if weights not in ("ema", "model"):
         raise ValueError("weights must be 'ema' or 'model'")
     obj = read_authors_file(path)
-    state = _authors_state(obj, weights)
+    state, from_ema = _authors_state(obj, weights)
     found = {k: tuple(v.shape) for k, v in state.items()}
     guess, _ = _guess_size(found)
     if expect == "auto" and guess == NO_MATCH:
@@ -265,13 +277,13 @@ def load_authors_checkpoint(
     _check_rope(state, recipe, path)
     vae = _empty(lambda: build_vae(recipe))
     vae_state = {k[4:]: v for k, v in state.items() if k.startswith("vae.")}
-    _load_strict(vae, vae_state)
+    _load_strict(vae, vae_state, path)
     ar = None
     if recipe.ar is not None:
         ar = _empty(lambda: build_ar(recipe))
-        _load_strict(ar, {k: v for k, v in state.items() if not k.startswith("vae.")})
-    used = "EMA" if weights == "ema" and isinstance(obj.get("ema"), dict) else "raw"
-    return Loaded(recipe, vae, ar, f"{path} ({_label(target)}, authors' format, {used} weights)")
+        _load_strict(ar, {k: v for k, v in state.items() if not k.startswith("vae.")}, path)
+    used = f"EMA weights for {from_ema} of {len(state)} tensors" if from_ema else "raw weights"
+    return Loaded(recipe, vae, ar, f"{path} ({_label(target)}, authors' format, {used})")
 
 
 def _check_rope(state: dict[str, torch.Tensor], recipe: Recipe, path) -> None:
@@ -320,7 +332,13 @@ def save_pretrained(
 
 
 def _our_folder(path: Path) -> Path | None:
-    folder = path if path.is_dir() else path.parent
+    """The export folder ``path`` names (the folder or its config.json), else None."""
+    if path.is_dir():
+        folder = path
+    elif path.name == "config.json":
+        folder = path.parent
+    else:
+        return None
     config = folder / "config.json"
     if not config.is_file():
         return None
@@ -331,8 +349,23 @@ def _our_folder(path: Path) -> Path | None:
 
 
 def _read_config(folder: Path) -> tuple[dict, Recipe]:
-    config = json.loads((folder / "config.json").read_text())
-    return config, recipe_from_dict(config["recipe"], str(folder / "config.json"))
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("kind") not in ("vae", "ar") or not isinstance(config.get("recipe"), dict):
+        raise CheckpointError(f"{path}: needs 'kind' ('vae' or 'ar') and a 'recipe' table")
+    recipe = recipe_from_dict(config["recipe"], str(path))
+    if config["kind"] == "ar" and recipe.ar is None:
+        raise CheckpointError(f"{path}: kind 'ar' but the recipe has no [ar] section")
+    return config, recipe
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the export; re-export the run")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
 
 
 def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
@@ -341,14 +374,14 @@ def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
         raise CheckpointError(f"{path}: no spherear config.json here; pass an export folder")
     config, recipe = _read_config(folder)
     vae = _empty(lambda: build_vae(recipe))
-    _load_strict(vae, load_file(folder / "vae.safetensors"))
+    _load_strict(vae, _load_file(folder / "vae.safetensors"), folder / "vae.safetensors")
     ar = None
     if config["kind"] == "ar":
         name = "ar.safetensors" if weights == "ema" else "ar_raw.safetensors"
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: no {name}; this export has no {weights} weights")
         ar = _empty(lambda: build_ar(recipe))
-        _load_strict(ar, load_file(folder / name))
+        _load_strict(ar, _load_file(folder / name), folder / name)
     return Loaded(recipe, vae, ar, f"{folder} (spherear export, {weights} weights)")
 
 

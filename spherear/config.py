@@ -8,6 +8,7 @@ nearest valid key. ``None`` in a field means "take it from the size registry" (s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -23,11 +24,16 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message is one line naming the fix."""
 
 
+def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
+    """A field whose value (each value, for lists) must lie in [low, high]."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = bounded(0, 0)
 
 
 @dataclass
@@ -35,13 +41,13 @@ class VAEConfig:
     """The S-VAE tokenizer. ``channels`` are the conv widths from the image side; the last
     one is the transformer width, and each step between two entries halves the resolution."""
 
-    resolution: int = 256
-    latent_dim: int = 16
-    channels: tuple[int, ...] = (64, 64, 128, 256, 512)
-    num_heads: int = 8
-    encoder_depth: int = 6
-    decoder_depth: int = 12
-    num_registers: int = 4
+    resolution: int = bounded(256, 1)
+    latent_dim: int = bounded(16, 2)
+    channels: tuple[int, ...] = bounded((64, 64, 128, 256, 512), 4)
+    num_heads: int = bounded(8, 1)
+    encoder_depth: int = bounded(6, 0)
+    decoder_depth: int = bounded(12, 0)
+    num_registers: int = bounded(4, 0)
 
     @property
     def width(self) -> int:
@@ -81,42 +87,42 @@ class ARConfig:
     registry; any architecture field set here overrides that row."""
 
     size: str = "B"
-    depth: int | None = None
-    num_heads: int | None = None
-    width: int | None = None
-    head_depth: int | None = None
-    head_width: int | None = None
-    head_groups: int | None = None
-    num_classes: int = 1000
-    num_class_tokens: int = 16
-    class_dropout: float = 0.1
-    diff_batch_mul: int = 4
+    depth: int | None = bounded(None, 1)
+    num_heads: int | None = bounded(None, 1)
+    width: int | None = bounded(None, 4)
+    head_depth: int | None = bounded(None, 1)
+    head_width: int | None = bounded(None, 1)
+    head_groups: int | None = bounded(None, 1)
+    num_classes: int = bounded(1000, 1)
+    num_class_tokens: int = bounded(16, 1)
+    class_dropout: float = bounded(0.1, 0, 1)
+    diff_batch_mul: int = bounded(4, 1)
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 3e-4
+    lr: float = bounded(3e-4, 0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_steps: int = 20_000
-    min_lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    global_batch_size: int = 512
-    epochs: int = 400
-    ema_decay: float = 0.9999
+    warmup_steps: int = bounded(20_000, 0)
+    min_lr: float = bounded(1e-5, 0)
+    betas: tuple[float, float] = bounded((0.9, 0.95), 0, 1)
+    weight_decay: float = bounded(0.05, 0)
+    grad_clip: float = bounded(1.0, 0)
+    global_batch_size: int = bounded(512, 1)
+    epochs: int = bounded(400, 1)
+    ema_decay: float = bounded(0.9999, 0, 1)
     mixed_precision: Literal["no", "bf16"] = "bf16"
 
 
 @dataclass
 class VAELossConfig:
-    l1_weight: float = 1.0
-    perceptual_weight: float = 1.0
-    disc_weight: float = 0.5
-    disc_start: int = 20_000
-    disc_layers: int = 3
-    disc_channels: int = 64
-    kl_weight: float = 0.004
+    l1_weight: float = bounded(1.0, 0)
+    perceptual_weight: float = bounded(1.0, 0)
+    disc_weight: float = bounded(0.5, 0)
+    disc_start: int = bounded(20_000, 0)
+    disc_layers: int = bounded(3, 1)
+    disc_channels: int = bounded(64, 1)
+    kl_weight: float = bounded(0.004, 0)
 
 
 @dataclass
@@ -124,17 +130,17 @@ class AugmentConfig:
     """Random crops covering ``random_crop_min``..1 of the short side plus flips; the share of
     random-crop samples falls linearly from 1 to 0 between the two epochs, centre crops after."""
 
-    random_crop_min: float = 0.8
+    random_crop_min: float = bounded(0.8, 0.01, 1)
     hflip: bool = True
-    crop_decay_start_epoch: int = 350
-    crop_decay_end_epoch: int = 375
+    crop_decay_start_epoch: int = bounded(350, 0)
+    crop_decay_end_epoch: int = bounded(375, 0)
 
 
 @dataclass
 class SampleConfig:
-    cfg: float = 4.5
+    cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
-    steps: int = 100
+    steps: int = bounded(100, 1)
     sampler: Literal["sde", "ode"] = "sde"
 
 
@@ -232,7 +238,18 @@ def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
         if name not in names:
             raise _unknown_key(cls, name, pre, where)
     kwargs = {name: _coerce(v, hints[name], pre + name, where) for name, v in data.items()}
+    for f in dataclasses.fields(cls):
+        if "range" in f.metadata and f.name in kwargs:
+            _check_range(kwargs[f.name], *f.metadata["range"], pre + f.name, where)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, low: float | None, high: float | None, key: str, where: str):
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None or ((low is None or v >= low) and (high is None or v <= high)):
+            continue
+        wanted = f">= {low}" if high is None else f"between {low} and {high}"
+        raise RecipeError(f"{where}: '{key}' must be {wanted}, got {value!r}")
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -267,7 +284,7 @@ def _apply_override(data: dict, path: list[str], value: Any, text: str, where: s
 
 
 def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
-    data = json.loads(json.dumps(data))  # overrides must not touch the caller's dict
+    data = copy.deepcopy(data)  # overrides must not touch the caller's dict
     for text in overrides:
         path, value = _parse_override(text)
         _apply_override(data, path, value, text, where)

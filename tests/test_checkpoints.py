@@ -148,6 +148,35 @@ def test_foreign_pickle_is_refused_without_running_it(tmp_path):
     assert not payload.marker.exists()
 
 
+def test_a_changed_rope_table_is_reported(tmp_path):
+    obj = {"model": _state("vae_only", 0.0), "args": argparse.Namespace()}
+    obj["model"]["vae.encoder.freqs_cis"] = obj["model"]["vae.encoder.freqs_cis"].flip(0)
+    torch.save(obj, tmp_path / "vae.pt")
+    with pytest.warns(UserWarning, match="RoPE table differs"):
+        load_authors_checkpoint(tmp_path / "vae.pt")
+
+
+def test_a_pt_file_inside_an_export_folder_is_not_the_export(tmp_path, tiny_recipe):
+    export = save_pretrained(tmp_path / "exp", tiny_recipe, build_vae(tiny_recipe))
+    (export / "other.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="other.pt: not a readable torch checkpoint"):
+        load_checkpoint(export / "other.pt")
+    assert load_checkpoint(export / "config.json").ar is None
+
+
+def test_damaged_export_is_refused_in_one_line(tmp_path, tiny_recipe):
+    export = save_pretrained(tmp_path / "exp", tiny_recipe, build_vae(tiny_recipe))
+    (export / "vae.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(export)
+    other = tiny_recipe.vae.__class__(**{**tiny_recipe.vae.__dict__, "channels": (8, 16, 16)})
+    small = save_pretrained(tmp_path / "small", tiny_recipe.__class__(vae=other),
+                            build_vae(tiny_recipe.__class__(vae=other)))  # fmt: skip
+    (small / "vae.safetensors").replace(export / "vae.safetensors")
+    with pytest.raises(CheckpointError, match="does not fit its recipe"):
+        load_checkpoint(export)
+
+
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello")

@@ -1,17 +1,17 @@
 """The command line as a user runs it: a separate process, exit codes, no tracebacks."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from .conftest import ROOT
 
 
-def spherear(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "spherear", *args], capture_output=True, text=True, cwd=cwd
-    )
+def spherear(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spherear", *args], capture_output=True, text=True)
 
 
 def test_help_and_version():
@@ -41,6 +41,16 @@ def test_info_rejects_a_misspelled_override_in_one_line():
     assert "Traceback" not in out.stderr + out.stdout
     assert "'train.lrr'" in out.stderr and "'train.lr'" in out.stderr
     assert len(out.stderr.strip().splitlines()) <= 2
+
+
+def test_console_script_from_another_directory(tmp_path):
+    script = shutil.which("spherear", path=str(Path(sys.executable).parent))
+    assert script, "the spherear console script is not installed next to this python"
+    recipe = str(ROOT / "recipes" / "sphere_b.toml")
+    out = subprocess.run([script, "info", "--recipe", recipe], capture_output=True, text=True,
+                         cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "AR + head          204.5M" in out.stdout
 
 
 def test_info_needs_exactly_one_source():

@@ -106,3 +106,19 @@ def test_toml_writer_escapes_strings():
     r = Recipe()
     r.run.name = 'with "quotes" and \\ slash'
     assert recipe_from_dict(__import__("tomllib").loads(recipe_to_toml(r))) == r
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ar.num_heads=0", "'ar.num_heads' must be >= 1, got 0"),
+        ("sample.steps=0", "'sample.steps' must be >= 1, got 0"),
+        ("ar.class_dropout=2", "'ar.class_dropout' must be between 0 and 1, got 2.0"),
+        ("vae.channels=[0, 4]", "'vae.channels' must be >= 4, got (0, 4)"),
+        ("run.seed=1979-05-27", "'run.seed' must be an integer"),
+    ],
+)
+def test_out_of_range_values_are_refused(override, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "sphere_b.toml", [override])
+    assert message in str(e.value)

@@ -89,7 +89,7 @@ class SphereAR(nn.Module):
         start = cache.length if cache is not None else 0
         rope = self.rope[start : start + x.shape[1]]
         for i, layer in enumerate(self.layers):
-            if self.grad_checkpointing and self.training:
+            if self.grad_checkpointing and cache is None and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, True, use_reentrant=False)
             else:
                 x = layer(x, rope, True, cache, i)

@@ -40,7 +40,8 @@ class PowerSpherical:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             dot = (self.mu * x.float()).sum(-1)
-            return self._log_normalizer.float() + self.kappa * torch.log1p(dot)
+            # xlogy: kappa = 0 at x = -mu is 0 * log 0 = 0, not nan
+            return self._log_normalizer.float() + torch.xlogy(self.kappa, (1 + dot).clamp_min(0))
 
     def _entropy64(self) -> torch.Tensor:
         a, b = self._alpha, self._beta

@@ -134,3 +134,58 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_recipe):
         grads.append(ar.layers[0].attention.wqkv.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_cfg_combines_velocities_exactly_then_normalises(tiny_recipe):
+    """A stub head returns A for conditional rows and B for null-class rows, so one ODE step
+    from noise gives noise + B + s_i (A - B) for token i, which must then go on the sphere."""
+    ar = build_ar(tiny_recipe).eval()
+    a, b = torch.linspace(-1, 1, 16), torch.linspace(2, 0, 16)
+
+    def stub(x, t, z):
+        half = len(x) // 2
+        return torch.cat([a.expand(half, 16), b.expand(half, 16)])
+
+    ar.head.forward = stub
+    scales = cfg_scales(4.0, "linear", ar.num_tokens)
+    gen = torch.Generator().manual_seed(5)
+    tokens = ar.sample(torch.tensor([3]), cfg=4.0, steps=1, sampler="ode", generator=gen)
+    gen.manual_seed(5)  # sample() draws one noise vector per token, in order
+    for i in range(ar.num_tokens):
+        noise = torch.randn(1, 16, generator=gen)
+        expected = to_sphere(noise + b + scales[i] * (a - b))
+        torch.testing.assert_close(tokens[:, i], expected)
+
+
+def test_sde_time_grid_and_final_euler_step():
+    seen = []
+    c = torch.full((1, 2), 0.5)
+
+    def velocity(x, t):
+        seen.append((t[0].item(), x.clone()))
+        return c.expand_as(x)
+
+    out = sample_sde(velocity, torch.zeros(1, 2), steps=25, generator=torch.Generator())
+    times = [t for t, _ in seen]
+    assert len(times) == 26
+    assert times[:-1] == pytest.approx([i * 0.96 / 25 for i in range(25)])
+    assert times[-1] == pytest.approx(0.96)
+    torch.testing.assert_close(out, seen[-1][1] + 0.04 * c)
+
+
+def test_sampling_in_train_mode_with_checkpointing_uses_the_cache(tiny_recipe):
+    ar = _trained_like(build_ar(tiny_recipe))
+    tokens, labels = _sphere_tokens(ar, 2), torch.tensor([1, 2])
+    runs = []
+    for train in (False, True):
+        ar.train(train)
+        ar.grad_checkpointing = train
+        steps = []
+
+        def teacher(i, z, steps=steps):
+            steps.append(z)
+            return tokens[:, i]
+
+        ar.decode_loop(labels, teacher)
+        runs.append(torch.stack(steps, 1))
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=0)

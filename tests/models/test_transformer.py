@@ -49,3 +49,13 @@ def test_cached_chunks_equal_full_causal_forward():
         cache.advance(size)
         outs.append(h)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
+
+
+def test_rope_table_values_by_hand():
+    """head_dim 8: per axis 4 dims = 2 frequencies, 1 and 1/10000**(2/4) = 0.01. The token at
+    row 1, column 2 of a 3x3 grid sits at (2, 3) after the prefix's (0, 0)."""
+    table = rope_table_2d(grid_size=3, head_dim=8, num_prefix=2)
+    angles = torch.tensor([2 * 1.0, 2 * 0.01, 3 * 1.0, 3 * 0.01])
+    row = table[2 + 1 * 3 + 2]
+    torch.testing.assert_close(row[:, 0], angles.cos())
+    torch.testing.assert_close(row[:, 1], angles.sin())
