@@ -7,9 +7,9 @@ not a checkpoint) print one line and exit with status 2.
 from __future__ import annotations
 
 import typer
-from spherear.cli import info
 
 from spherear import __version__
+from spherear.cli import data, info
 
 app = typer.Typer(
     name="spherear",
@@ -36,6 +36,7 @@ def _root(
 
 
 app.command("info")(info.info)
+app.command("prepare-data")(data.prepare_data)
 
 
 def main() -> None:

@@ -7,10 +7,7 @@ from collections.abc import Callable
 
 import typer
 
-from spherear.checkpoints import CheckpointError
-from spherear.config import RecipeError
-
-USER_ERRORS = (RecipeError, CheckpointError)
+from spherear.errors import SpherearError
 
 
 def user_errors(command: Callable) -> Callable:
@@ -18,7 +15,7 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except USER_ERRORS as e:
+        except SpherearError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from spherear.cli.errors import user_errors
 
-from spherear.checkpoints import inspect_checkpoint
-from spherear.config import load_recipe, recipe_to_toml
-from spherear.models import count_parameters
-from spherear.models.registry import resolve_ar
+from spherear.cli.errors import user_errors
 
 
 @user_errors
@@ -24,6 +20,12 @@ def info(
     ),
 ) -> None:
     """Print a recipe resolved with its parameter counts, or describe a checkpoint."""
+    # torch loads here, not at start-up, so `spherear --help` and fast failures stay fast
+    from spherear.checkpoints import inspect_checkpoint
+    from spherear.config import load_recipe, recipe_to_toml
+    from spherear.models import count_parameters
+    from spherear.models.registry import resolve_ar
+
     if (recipe is None) == (checkpoint is None):
         typer.echo("error: pass exactly one of --recipe or --checkpoint", err=True)
         raise typer.Exit(2)

@@ -36,6 +36,7 @@ from spherear.config import (
     recipe_to_dict,
     save_recipe,
 )
+from spherear.errors import SpherearError
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
 from spherear.models.registry import AR_SIZES
@@ -55,7 +56,7 @@ AUTHORS_KEY_RENAMES: list[tuple[str, str]] = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SpherearError):
     """A file that is not a usable checkpoint; the message says which and why."""
 
 

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spherear.errors import SpherearError
 
-class RecipeError(ValueError):
+
+class RecipeError(SpherearError):
     """A recipe that cannot be used; the message is one line naming the fix."""
 
 

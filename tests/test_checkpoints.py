@@ -1,7 +1,7 @@
 """Loading the authors' release format and our own export format.
 
 The authors' files cannot be downloaded here, so the tests write files with the same key
-set and shapes (tests/data/authors_keys.tsv holds the rows of the released vae.pt and
+set and shapes (tests/fixtures/authors_keys.tsv holds the rows of the released vae.pt and
 SphereAR_B.pt). Every tensor is one constant, unique per key, stored as a stride-0 view so
 that the 280M-parameter file stays a few kilobytes; after loading, each of our parameters
 must hold the constant of the authors' key it maps to.
@@ -32,7 +32,7 @@ from .conftest import ROOT
 
 
 def _rows(model: str) -> list[tuple[str, tuple]]:
-    with open(ROOT / "tests" / "data" / "authors_keys.tsv") as f:
+    with open(ROOT / "tests" / "fixtures" / "authors_keys.tsv") as f:
         return [
             (r["key"], ast.literal_eval(r["shape"]))
             for r in csv.DictReader(f, delimiter="\t")

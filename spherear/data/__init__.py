@@ -1,0 +1,1 @@
+"""Data: prepare-data sources, the synthetic set, crops, and the latent cache."""

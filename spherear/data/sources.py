@@ -1,0 +1,287 @@
+"""Where images come from: ``hf:<id>[@rev]``, ``folder:<path>``, ``tar:<path>``, ``synthetic``.
+
+Every source lists its *shards*, units of work a worker process can read on its own, and
+reads a shard as (key, raw image, label) triples. Labels follow the standard ImageNet order
+(sorted wnids, as the hub dataset numbers them) whenever the class folders are ImageNet
+wnids, so a model means the same thing whichever source trained it.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spherear.data.synthetic import CLASS_NAMES, render
+from spherear.errors import SpherearError
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+WNID = re.compile(r"^n\d{8}$")
+SHARD_SIZE = 1000  # images per shard where a source has no natural unit (hub, synthetic)
+
+
+class SourceError(SpherearError):
+    """A source that cannot be read; the message names the fix."""
+
+
+def imagenet_classes() -> tuple[list[str], list[str]]:
+    """The 1000 ImageNet-1k wnids in label order and a short name for each (from timm)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    wnids = list(info.label_names())
+    names = [d.split(",")[0].strip() for d in info.label_descriptions()]
+    # two short names repeat ("crane", "maillot"); class labels must be unique
+    repeated = {n for n in names if names.count(n) > 1}
+    names = [f"{n} ({w})" if n in repeated else n for n, w in zip(names, wnids, strict=True)]
+    return wnids, names
+
+
+def _class_labels(wnids: list[str], where: str) -> tuple[dict[str, int], list[str]]:
+    """Label of each folder name and the dataset's class-name list."""
+    all_wnids, names = imagenet_classes()
+    if all(WNID.match(w) for w in wnids):
+        index = {w: i for i, w in enumerate(all_wnids)}
+        unknown = [w for w in wnids if w not in index]
+        if unknown:
+            raise SourceError(f"{where}: {unknown[0]} looks like a wnid but is not in ImageNet-1k")
+        return {w: index[w] for w in wnids}, names
+    ordered = sorted(wnids)
+    return {w: i for i, w in enumerate(ordered)}, ordered
+
+
+@dataclass
+class Shard:
+    index: int
+    name: str  # what a person would recognise: a class folder, an inner tar, a range
+    items: list = field(default_factory=list)
+
+
+Raw = bytes | np.ndarray  # encoded file bytes, or pixels for generated images
+
+
+@dataclass
+class FolderSource:
+    """``<root>/<split>/<class>/*`` or ``<root>/<class>/*`` (an ImageFolder)."""
+
+    root: Path
+    split: str
+
+    def __post_init__(self):
+        if not self.root.is_dir():
+            raise SourceError(f"folder:{self.root}: no such folder; pass the ImageNet root")
+        split_dir = self.root / ("val" if self.split == "validation" else self.split)
+        self.base = split_dir if split_dir.is_dir() else self.root
+        folders = sorted(p.name for p in self.base.iterdir() if p.is_dir())
+        if not folders:
+            raise SourceError(
+                f"folder:{self.root}: no class folders in {self.base}; expected "
+                f"{self.base}/<wnid>/<image files>"
+            )
+        for name in folders:
+            if not any(_is_image(p.name) for p in (self.base / name).iterdir()):
+                raise SourceError(
+                    f"folder:{self.root}: class folder {self.base / name} has no images; "
+                    "remove it or add its images"
+                )
+        self.labels, self.class_names = _class_labels(folders, f"folder:{self.root}")
+        self.folders = folders
+
+    @property
+    def description(self) -> str:
+        return f"folder:{self.root.resolve()}"
+
+    def shards(self) -> list[Shard]:
+        return [Shard(i, name, [name]) for i, name in enumerate(self.folders)]
+
+    def read(self, shard: Shard) -> Iterator[tuple[str, Raw, int]]:
+        folder = self.base / shard.items[0]
+        for path in sorted(p for p in folder.iterdir() if _is_image(p.name)):
+            yield path.name, path.read_bytes(), self.labels[shard.items[0]]
+
+
+@dataclass
+class TarSource:
+    """The original ``ILSVRC2012_img_train.tar``: one ``<wnid>.tar`` per class, read in
+    place without extracting."""
+
+    path: Path
+    split: str
+
+    def __post_init__(self):
+        if self.split != "train":
+            raise SourceError(
+                f"tar:{self.path}: only the train tar of per-class tars is supported; for "
+                "the validation split use hf:ILSVRC/imagenet-1k or a folder: source"
+            )
+        if not self.path.is_file():
+            raise SourceError(f"tar:{self.path}: no such file; pass ILSVRC2012_img_train.tar")
+        try:
+            with tarfile.open(self.path) as outer:
+                members = [m.name for m in outer.getmembers() if m.isfile()]
+        except tarfile.TarError as e:
+            raise SourceError(f"tar:{self.path}: not a readable tar file ({e})") from None
+        inner = sorted(m for m in members if m.endswith(".tar"))
+        if not inner or len(inner) != len(members):
+            raise SourceError(
+                f"tar:{self.path}: not in the ImageNet layout (a tar of <wnid>.tar files, one "
+                "per class); for extracted images use folder:<path>"
+            )
+        self.members = inner
+        wnids = [Path(m).stem for m in inner]
+        self.labels, self.class_names = _class_labels(wnids, f"tar:{self.path}")
+
+    @property
+    def description(self) -> str:
+        return f"tar:{self.path.resolve()}"
+
+    def shards(self) -> list[Shard]:
+        return [Shard(i, m, [m]) for i, m in enumerate(self.members)]
+
+    def read(self, shard: Shard) -> Iterator[tuple[str, Raw, int]]:
+        member = shard.items[0]
+        label = self.labels[Path(member).stem]
+        with tarfile.open(self.path) as outer:
+            data = outer.extractfile(member).read()
+        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+            files = sorted((m for m in inner.getmembers() if m.isfile()), key=lambda m: m.name)
+            for m in files:
+                if _is_image(m.name):
+                    yield Path(m.name).name, inner.extractfile(m).read(), label
+
+
+@dataclass
+class SyntheticSource:
+    """The embedded generated set (``spherear.data.synthetic``); nothing is read from disk."""
+
+    num_images: int
+    seed: int
+    split: str
+    resolution: int
+
+    def __post_init__(self):
+        if self.num_images <= 0:
+            raise SourceError("synthetic: --num-images must be positive")
+        # another stream for validation, so the two splits never share an image
+        self.stream = self.seed * 2 + (self.split == "validation")
+        self.class_names = list(CLASS_NAMES)
+
+    @property
+    def description(self) -> str:
+        return f"synthetic(seed={self.seed}, split={self.split})"
+
+    def shards(self) -> list[Shard]:
+        starts = range(0, self.num_images, SHARD_SIZE)
+        return [
+            Shard(i, f"images {s}..{min(s + SHARD_SIZE, self.num_images) - 1}",
+                  [s, min(s + SHARD_SIZE, self.num_images)])
+            for i, s in enumerate(starts)
+        ]  # fmt: skip
+
+    def read(self, shard: Shard) -> Iterator[tuple[str, Raw, int]]:
+        for i in range(*shard.items):
+            pixels, label = render(self.stream, i, self.resolution)
+            yield f"{i:08d}", pixels, label
+
+
+@dataclass
+class HubSource:
+    """A dataset on the Hugging Face hub with ``image`` and ``label`` columns."""
+
+    repo_id: str
+    revision: str | None
+    split: str
+
+    def __post_init__(self):
+        ds = self._open()
+        if "image" not in ds.features or "label" not in ds.features:
+            raise SourceError(
+                f"hf:{self.repo_id}: needs 'image' and 'label' columns, has "
+                f"{', '.join(ds.features)}"
+            )
+        self.class_names = list(getattr(ds.features["label"], "names", None) or [])
+        self.num_rows = len(ds)
+
+    def _open(self):
+        return _load_hub_dataset(self.repo_id, self.split, self.revision)
+
+    @property
+    def description(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"hf:{self.repo_id}{rev}"
+
+    def shards(self) -> list[Shard]:
+        starts = range(0, self.num_rows, SHARD_SIZE)
+        return [
+            Shard(i, f"rows {s}..", [s, min(s + SHARD_SIZE, self.num_rows)])
+            for i, s in enumerate(starts)
+        ]
+
+    def read(self, shard: Shard) -> Iterator[tuple[str, Raw, int]]:
+        ds = self._open()
+        for i in range(*shard.items):
+            row = ds[i]
+            image = row["image"]
+            key = os.path.basename(image.get("path") or "") or f"{i:08d}"
+            yield key, image["bytes"], int(row["label"])
+
+
+@functools.lru_cache(maxsize=2)  # once per worker process, not once per shard
+def _load_hub_dataset(repo_id: str, split: str, revision: str | None):
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo_id, split=split, revision=revision)
+    except Exception as e:  # the hub client raises many types; all mean "not reachable"
+        raise SourceError(_hub_hint(repo_id, e)) from None
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def _hub_hint(repo_id: str, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return (
+            f"hf:{repo_id}: not in the Hugging Face cache and HF_HUB_OFFLINE=1; download it "
+            f"once online (`huggingface-cli login`, accept the dataset's terms on its hub page, "
+            f"then rerun without HF_HUB_OFFLINE) or use folder:/tar: sources"
+        )
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return (
+            f"hf:{repo_id}: access denied; it is gated: accept its terms on the hub page and "
+            "log in with `huggingface-cli login` or set HF_TOKEN"
+        )
+    return f"hf:{repo_id}: could not load it ({text[:200]})"
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_source(
+    source: str, split: str = "train", num_images: int = 10_000, seed: int = 0,
+    resolution: int = 32,
+):  # fmt: skip
+    """Parse a ``--source`` string into a source object."""
+    if split not in ("train", "validation"):
+        raise SourceError(f"--split {split}: use 'train' or 'validation'")
+    kind, _, rest = source.partition(":")
+    if kind == "synthetic" and not rest:
+        return SyntheticSource(num_images, seed, split, resolution)
+    if kind == "folder" and rest:
+        return FolderSource(Path(rest).expanduser(), split)
+    if kind == "tar" and rest:
+        return TarSource(Path(rest).expanduser(), split)
+    if kind == "hf" and rest:
+        repo_id, _, revision = rest.partition("@")
+        return HubSource(repo_id, revision or None, split)
+    raise SourceError(
+        f"--source {source}: unknown source; use hf:<dataset id>[@revision], folder:<path>, "
+        "tar:<ILSVRC2012_img_train.tar> or synthetic"
+    )
