@@ -37,6 +37,7 @@ def _root(
 
 app.command("info")(info.info)
 app.command("prepare-data")(data.prepare_data)
+app.command("cache-latents")(data.cache_latents)
 
 
 def main() -> None:

@@ -31,3 +31,39 @@ def prepare_data(
 
     result = prepare_dataset(source, out, resolution, num_proc, split, num_images, seed)
     typer.echo(result.summary())
+
+
+@user_errors
+def cache_latents(
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="The recipe (its [vae], [cache])."),
+    vae: Path = typer.Option(..., "--vae", help="A spherear export or the authors' vae.pt."),
+    data: Path = typer.Option(..., "--data", help="A folder made by prepare-data."),
+    out: Path = typer.Option(..., "--out", help="The cache folder."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe value."),
+) -> None:
+    """Encode a prepared dataset with a trained S-VAE into a sharded, resumable cache of
+    posteriors (centre crop and flip, plus optional random crops). Multi-process with
+    `accelerate launch` or `torchrun`."""
+    import torch
+    from accelerate import Accelerator
+
+    from spherear.checkpoints import load_checkpoint
+    from spherear.config import load_recipe
+    from spherear.data.latent_cache import CacheError
+    from spherear.data.latent_cache import cache_latents as run
+
+    resolved = load_recipe(recipe, overrides)
+    loaded = load_checkpoint(vae)
+    if loaded.recipe.vae != resolved.vae:
+        raise CacheError(
+            f"{vae}: its VAE ({loaded.recipe.vae}) is not the one {recipe} describes "
+            f"({resolved.vae}); pass the matching recipe or checkpoint"
+        )
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    manifest = run(resolved, loaded.vae, vae, data, out, accelerator)
+    if accelerator.is_main_process:
+        s = manifest["settings"]
+        typer.echo(
+            f"cached {s['num_images']} images x {len(s['views'])} views in {out} "
+            f"({manifest['bytes_per_view']} bytes per image per view)"
+        )

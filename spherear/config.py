@@ -139,6 +139,18 @@ class AugmentConfig:
 
 
 @dataclass
+class CacheConfig:
+    """What ``cache-latents`` stores per image: the posterior of the centre crop and of its
+    flip, plus ``random_crops`` random crops (each flipped at random) for the paper's crop
+    augmentation, in shards of ``shard_size`` images."""
+
+    random_crops: int = bounded(0, 0)
+    shard_size: int = bounded(1024, 1)
+    batch_size: int = bounded(64, 1)
+    seed: int = bounded(0, 0)
+
+
+@dataclass
 class SampleConfig:
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
@@ -154,6 +166,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     vae_loss: VAELossConfig | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 

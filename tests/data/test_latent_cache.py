@@ -1,0 +1,124 @@
+"""cache-latents: resumable after SIGKILL, independent of the process count, and a loader
+that samples the posterior afresh on every visit."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spherear.checkpoints import save_pretrained
+from spherear.config import save_recipe
+from spherear.data.latent_cache import CacheError, LatentDataset, cache_latents, read_manifest
+from spherear.data.prepare import prepare_dataset
+from spherear.models import build_vae
+from spherear.models.power_spherical import PowerSpherical
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: bit-identical runs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from spherear.config import load_recipe
+
+    root = tmp_path_factory.mktemp("cache")
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[2] / "recipes" / "tiny.toml",
+        ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
+         "vae.decoder_depth=1", "cache.shard_size=6", "cache.batch_size=4",
+         "cache.random_crops=1"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    vae = build_vae(recipe)
+    save_pretrained(root / "vae", recipe, vae)
+    save_recipe(recipe, root)
+    prepare_dataset("synthetic", root / "data", resolution=32, num_images=40, progress=False)
+    return root, recipe
+
+
+def _cli(root: Path, out: Path, launcher=(sys.executable, "-m", "spherear")):
+    paths = ["--recipe", root / "recipe.toml", "--vae", root / "vae", "--data", root / "data"]
+    return [*launcher, "cache-latents", *map(str, paths), "--out", str(out)]
+
+
+def _shards(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    root, _ = setup
+    out = root / "reference"
+    done = subprocess.run(_cli(root, out), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "cached 40 images x 3 views" in done.stdout
+    return out
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, reference):
+    root, _ = setup
+    out = root / "killed"
+    proc = subprocess.Popen(_cli(root, out), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not list(out.glob("shard-*.safetensors")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+    assert 0 < len(_shards(out)) < 7
+    rerun = subprocess.run(_cli(root, out), env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _shards(out) == _shards(reference) and len(_shards(out)) == 7
+    assert not list(out.glob(".shard-*"))
+
+
+def test_two_processes_equal_one(setup, reference):
+    root, _ = setup
+    out = root / "two"
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "--module", "spherear")  # fmt: skip
+    done = subprocess.run(_cli(root, out, torchrun), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_manifest(out)["num_processes"] == 2
+    assert _shards(out) == _shards(reference)
+
+
+def test_loader_samples_lie_on_the_sphere_and_point_along_mu(reference):
+    data = LatentDataset(reference)
+    assert len(data) == 40 and data.num_views == 3
+    tokens, label = data[7]
+    assert tokens.shape == (64, 16) and label == 7 % 10
+    torch.testing.assert_close(tokens.norm(dim=-1), torch.full((64,), 4.0))
+    torch.manual_seed(0)
+    views = [int(torch.randint(3, ())) for _ in range(300)]
+    assert set(views) == {0, 1, 2}
+    # with the view pinned, the mean of many loader draws is E[z] = mean_cosine * mu
+    data.num_views = 1
+    mu, kappa, _ = data.posterior(7, 0)
+    n = 3000
+    mean = torch.stack([data[7][0] / 4.0 for _ in range(n)]).mean(0)
+    along = (mean * mu).sum(-1)
+    expected = PowerSpherical(mu, kappa).mean_cosine
+    assert (along - expected).abs().max() < 5 / n**0.5
+    assert (mean - along[:, None] * mu).norm(dim=-1).max() < 5 / n**0.5
+
+
+def test_views_are_the_centre_crop_and_its_flip(setup, reference):
+    data = LatentDataset(reference)
+    centre, _, _ = data.posterior(3, 0)
+    flip, _, _ = data.posterior(3, 1)
+    assert not torch.equal(centre, flip)
+
+
+def test_a_cache_of_another_vae_is_refused(setup, reference):
+    root, recipe = setup
+    torch.manual_seed(1)  # other weights: the cache is tied to the VAE's content hash
+    other = build_vae(recipe)
+    save_pretrained(root / "other_vae", recipe, other)
+    with pytest.raises(CacheError, match="other settings"):
+        cache_latents(recipe, other, root / "other_vae", root / "data", reference, progress=False)
