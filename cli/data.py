@@ -11,25 +11,43 @@ from spherear.cli.errors import user_errors
 
 @user_errors
 def prepare_data(
-    source: str = typer.Option(
-        ..., "--source", help="hf:<dataset id>[@revision], folder:<path>, tar:<path> or synthetic."
+    recipe: Path | None = typer.Option(
+        None, "--recipe", "-r", help="Take source, output and resolution from this recipe."
     ),
-    out: Path = typer.Option(..., "--out", help="Output folder (created when complete)."),
-    resolution: int = typer.Option(
-        256, "--resolution", help="Training resolution; images keep resolution/0.8 short side."
+    source: str | None = typer.Option(
+        None, "--source", help="hf:<dataset id>[@revision], folder:<path>, tar:<path> or synthetic."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (made when complete)."),
+    resolution: int | None = typer.Option(
+        None, "--resolution", help="Training resolution (default 256 or the recipe's)."
     ),
     num_proc: int = typer.Option(1, "--num-proc", min=1, help="Worker processes."),
     split: str = typer.Option("train", "--split", help="train or validation."),
-    num_images: int = typer.Option(
-        10_000, "--num-images", min=1, help="synthetic only: how many images."
+    num_images: int | None = typer.Option(
+        None, "--num-images", min=1, help="synthetic only: how many images (default 10000)."
     ),
     seed: int = typer.Option(0, "--seed", help="synthetic only: the generator's seed."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe value."),
 ) -> None:
     """Turn ImageNet (hub, folder or the original tar) or the synthetic set into one
     Parquet format, resumably; an existing complete output is reused."""
+    from spherear.config import Recipe, load_recipe
     from spherear.data.prepare import prepare_dataset
+    from spherear.errors import SpherearError
 
-    result = prepare_dataset(source, out, resolution, num_proc, split, num_images, seed)
+    r = load_recipe(recipe, overrides) if recipe else Recipe()
+    if recipe is None and (source is None or out is None):
+        raise SpherearError("pass --recipe, or both --source and --out")
+    result = prepare_dataset(
+        source or r.data.source,
+        out or Path(r.data.prepared),
+        resolution or r.vae.resolution,
+        num_proc,
+        split,
+        num_images or r.data.num_images,
+        seed,
+        r.augment.random_crop_min,
+    )
     typer.echo(result.summary())
 
 
@@ -37,8 +55,12 @@ def prepare_data(
 def cache_latents(
     recipe: Path = typer.Option(..., "--recipe", "-r", help="The recipe (its [vae], [cache])."),
     vae: Path = typer.Option(..., "--vae", help="A spherear export or the authors' vae.pt."),
-    data: Path = typer.Option(..., "--data", help="A folder made by prepare-data."),
-    out: Path = typer.Option(..., "--out", help="The cache folder."),
+    data: Path | None = typer.Option(
+        None, "--data", help="A folder made by prepare-data (default: the recipe's data.prepared)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="The cache folder (default: the recipe's data.latents)."
+    ),
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe value."),
 ) -> None:
     """Encode a prepared dataset with a trained S-VAE into a sharded, resumable cache of
@@ -60,6 +82,8 @@ def cache_latents(
             f"({resolved.vae}); pass the matching recipe or checkpoint"
         )
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    data = data or Path(resolved.data.prepared)
+    out = out or Path(resolved.data.latents)
     manifest = run(resolved, loaded.vae, vae, data, out, accelerator)
     if accelerator.is_main_process:
         s = manifest["settings"]

@@ -139,6 +139,16 @@ class AugmentConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where a recipe's data comes from and where its prepared forms live."""
+
+    source: str = "hf:ILSVRC/imagenet-1k"
+    prepared: str = "data/imagenet"
+    latents: str = "data/imagenet_latents"
+    num_images: int = bounded(10_000, 1)  # synthetic source only
+
+
+@dataclass
 class CacheConfig:
     """What ``cache-latents`` stores per image: the posterior of the centre crop and of its
     flip, plus ``random_crops`` random crops (each flipped at random) for the paper's crop
@@ -165,6 +175,7 @@ class Recipe:
     ar: ARConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     vae_loss: VAELossConfig | None = None
+    data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

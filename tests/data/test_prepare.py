@@ -193,3 +193,17 @@ def test_offline_hub_source_fails_fast(tmp_path):
     assert time.time() - start < 5
     assert out.returncode == 2 and "HF_HUB_OFFLINE=1" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2
+
+
+def test_hub_source_reads_a_dataset_by_path(tmp_path):
+    """The hf: path goes through datasets.load_dataset; a local Parquet dataset stands in
+    for the hub here (no network)."""
+    first = prepare_dataset("synthetic", tmp_path / "syn", resolution=16, num_images=30,
+                            progress=False)  # fmt: skip
+    again = prepare_dataset(f"hf:{first.out / 'data'}", tmp_path / "via_hub", resolution=16,
+                            progress=False)  # fmt: skip
+    assert again.num_images == 30
+    ours = [(r[1], r[4]) for r in _rows(first.out)]
+    theirs = [(r[1], r[4]) for r in _rows(again.out)]
+    assert ours == theirs
+    assert read_info(again.out)["class_names"][:2] == ["disk", "ring"]
