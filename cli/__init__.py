@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from spherear import __version__
-from spherear.cli import data, info
+from spherear.cli import data, info, train
 
 app = typer.Typer(
     name="spherear",
@@ -38,6 +38,7 @@ def _root(
 app.command("info")(info.info)
 app.command("prepare-data")(data.prepare_data)
 app.command("cache-latents")(data.cache_latents)
+app.command("train-ar")(train.train_ar)
 
 
 def main() -> None:

@@ -114,6 +114,18 @@ class TrainConfig:
     epochs: int = bounded(400, 1)
     ema_decay: float = bounded(0.9999, 0, 1)
     mixed_precision: Literal["no", "bf16"] = "bf16"
+    micro_batch_size: int = bounded(64, 1)  # per process and step; accumulation fills the rest
+    max_steps: int = bounded(0, 0)  # 0: train for `epochs`
+    inputs: Literal["latents", "images"] = "latents"  # AR: the latent cache or on-the-fly encoding
+    vae_checkpoint: str = ""  # AR: the trained S-VAE (export folder or the authors' vae.pt)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    fsdp: bool = False
+    num_workers: int = bounded(2, 0)
+    log_every: int = bounded(10, 1)
+    checkpoint_every: int = bounded(5000, 1)
+    keep_checkpoints: int = bounded(3, 1)
+    sample_every: int = bounded(10_000, 0)  # 0: no sample grids
 
 
 @dataclass

@@ -258,8 +258,12 @@ class LatentDataset(torch.utils.data.Dataset):
         label = int(shard.get_slice("labels")[j : j + 1][0])
         return mu, kappa, label
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        view = int(torch.randint(self.num_views, ()))
+    def draw(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+        """A random view's fresh posterior sample: tokens (T, D) on the sphere, and the label."""
+        view = int(torch.randint(self.num_views, (), generator=generator))
         mu, kappa, label = self.posterior(i, view)
-        tokens = PowerSpherical(mu, kappa).rsample() * math.sqrt(mu.shape[-1])
+        tokens = PowerSpherical(mu, kappa).sample(generator) * math.sqrt(mu.shape[-1])
         return tokens, label
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.draw(i)

@@ -250,3 +250,22 @@ def read_info(folder: str | Path) -> dict:
 def shard_files(folder: str | Path) -> list[Path]:
     read_info(folder)
     return sorted((Path(folder) / "data").glob("shard-*.parquet"))
+
+
+class PreparedImages:
+    """Random access to a prepared dataset's images and labels (memory-mapped Arrow)."""
+
+    def __init__(self, folder: str | Path):
+        import datasets
+
+        files = [str(f) for f in shard_files(folder)]
+        self.info = read_info(folder)
+        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+        self.ds = ds.cast_column("image", datasets.Image(decode=False))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        row = self.ds[i]
+        return Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), row["label"]

@@ -103,17 +103,34 @@ class SphereAR(nn.Module):
         h = self._trunk(self.emb_norm(x))
         return h[:, self.num_prefix - 1 :] + self.pos_for_diff.weight
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Flow-matching loss for latent tokens (B, N, latent_dim) of images of class ``labels``."""
-        if self.training and self.cfg.class_dropout > 0:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flow-matching loss for latent tokens (B, N, latent_dim) of images of class ``labels``.
+
+        The random draws can be passed in, made per sample elsewhere so that a batch gives
+        the same loss however it is split across processes: ``drop`` (B,) bool replaces a
+        label by the null class, ``t`` (B, k, N) and ``noise`` (B, k, N, latent_dim) are the
+        flow times and noise of the k = ``diff_batch_mul`` copies of every token.
+        """
+        k = self.cfg.diff_batch_mul
+        if drop is None and self.training:
             drop = torch.rand(labels.shape, device=labels.device) < self.cfg.class_dropout
+        if drop is not None:
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         z = self.conditions(tokens, labels)
         # every condition is reused for several (t, noise) draws: cheap extra head samples
-        k = self.cfg.diff_batch_mul
         z = z.reshape(-1, z.shape[-1]).repeat(k, 1)
         target = tokens.reshape(-1, self.latent_dim).repeat(k, 1)
-        return flow_matching_loss(lambda x, t: self.head(x, t, z), target)
+        if t is not None:
+            t = t.transpose(0, 1).reshape(-1)
+            noise = noise.transpose(0, 1).reshape(-1, self.latent_dim)
+        return flow_matching_loss(lambda x, s: self.head(x, s, z), target, t, noise)
 
     @torch.no_grad()
     def decode_loop(

@@ -14,10 +14,18 @@ import torch
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def flow_matching_loss(velocity: Velocity, target: torch.Tensor) -> torch.Tensor:
-    """MSE between predicted and true velocity, t ~ sigmoid(N(0, 1)), in fp32."""
-    t = torch.sigmoid(torch.randn(target.shape[0], device=target.device))
-    noise = torch.randn_like(target)
+def flow_matching_loss(
+    velocity: Velocity,
+    target: torch.Tensor,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MSE between predicted and true velocity, t ~ sigmoid(N(0, 1)), in fp32. ``t`` and
+    ``noise`` may be given, drawn elsewhere for reproducibility."""
+    if t is None:
+        t = torch.sigmoid(torch.randn(target.shape[0], device=target.device))
+    if noise is None:
+        noise = torch.randn_like(target)
     x_t = (1 - t[:, None]) * noise + t[:, None] * target
     pred = velocity(x_t, t)
     return (pred.float() - (target - noise).float()).square().mean()

@@ -64,12 +64,25 @@ class PowerSpherical:
         """Reparameterised sample on the unit sphere, differentiable in mu and kappa."""
         with torch.autocast(self.mu.device.type, enabled=False):
             z = torch.distributions.Beta(self._alpha.float(), self._beta.float()).rsample()
-            t = (2 * z - 1).unsqueeze(-1)
-            v = F.normalize(
-                torch.randn(*self.mu.shape[:-1], self.dim - 1, device=self.mu.device), dim=-1
-            )
-            y = torch.cat([t, (1 - t.square()).clamp_min(0).sqrt() * v], dim=-1)
-            return _householder_to(y, self.mu)
+            v = torch.randn(*self.mu.shape[:-1], self.dim - 1, device=self.mu.device)
+            return self._place(z, v)
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A sample drawn from ``generator`` (no gradient): reproducible per item, for
+        training data that must not depend on how a batch is split across processes."""
+        concentration = torch.stack([self._alpha, self._beta], -1).float()
+        z = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+        v = torch.randn(
+            *self.mu.shape[:-1], self.dim - 1, device=self.mu.device, generator=generator
+        )
+        return self._place(z, v)
+
+    def _place(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Beta draw z and direction v -> the point at cosine 2z - 1 from mu."""
+        t = (2 * z - 1).unsqueeze(-1)
+        y = torch.cat([t, (1 - t.square()).clamp_min(0).sqrt() * F.normalize(v, dim=-1)], -1)
+        return _householder_to(y, self.mu)
 
 
 def _householder_to(y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:

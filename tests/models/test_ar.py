@@ -189,3 +189,15 @@ def test_sampling_in_train_mode_with_checkpointing_uses_the_cache(tiny_recipe):
         ar.decode_loop(labels, teacher)
         runs.append(torch.stack(steps, 1))
     torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=0)
+
+
+def test_explicit_draws_reproduce_the_loss_and_split_across_batches(tiny_recipe):
+    ar = _trained_like(build_ar(tiny_recipe))
+    k, n = ar.cfg.diff_batch_mul, ar.num_tokens
+    tokens, labels = _sphere_tokens(ar, 4), torch.tensor([1, 2, 3, 4])
+    drop = torch.tensor([False, True, False, False])
+    t, noise = torch.rand(4, k, n), torch.randn(4, k, n, 16)
+    whole = ar(tokens, labels, drop, t, noise)
+    halves = [ar(tokens[s], labels[s], drop[s], t[s], noise[s]) for s in (slice(0, 2), slice(2, 4))]
+    torch.testing.assert_close(whole, sum(halves) / 2)
+    assert ar(tokens, labels, drop, t, noise).item() == whole.item()

@@ -116,3 +116,15 @@ def test_fp32_under_bf16_autocast():
     assert lp.dtype == kl.dtype == z.dtype == torch.float32
     torch.testing.assert_close(kl, PowerSpherical(mu.bfloat16(), kappa.bfloat16()).kl_to_uniform())
     assert torch.isfinite(plain.kl_to_uniform()).all()
+
+
+def test_seeded_sample_is_reproducible_and_has_the_right_mean_cosine():
+    n, m = 100_000, 16
+    mu = _random_mu(1, m).float().expand(n, m)
+    dist = PowerSpherical(mu, torch.full((n,), 5.0))
+    a = dist.sample(torch.Generator().manual_seed(3))
+    b = dist.sample(torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    cos = (a * mu).sum(-1)
+    assert (cos.mean() - dist.mean_cosine[0]).abs() < 4 * cos.std() / math.sqrt(n)
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(n))

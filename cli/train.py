@@ -1,0 +1,27 @@
+"""``spherear train-ar`` (and ``train-vae``): load the recipe, call the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from spherear.cli.errors import user_errors
+
+
+@user_errors
+def train_ar(
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="A TOML recipe with an [ar] section."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe value (repeatable)."),
+) -> None:
+    """Train SphereAR on the latent cache (or on images, train.inputs = "images"); resumes
+    from the newest checkpoint in run.output_dir. Multi-GPU and multi-node with
+    `accelerate launch` or `torchrun`."""
+    from spherear.config import load_recipe
+    from spherear.errors import SpherearError
+    from spherear.train.ar import train_ar as run
+
+    resolved = load_recipe(recipe, overrides)
+    if resolved.ar is None:
+        raise SpherearError(f"{recipe}: no [ar] section; train-ar needs an AR recipe")
+    typer.echo(f"exported to {run(resolved)}")

@@ -1,0 +1,1 @@
+"""Training: the shared Accelerate loop, train-vae and train-ar."""

@@ -1,0 +1,254 @@
+"""train-ar: the SphereAR transformer and head on latents of a frozen S-VAE.
+
+Inputs come from the latent cache (default) or from images encoded on the fly (the
+authors' way, ``train.inputs = "images"``). Either way each visit of an image draws a fresh
+posterior sample, and every random draw of a sample is seeded by (seed, step, position in
+the global batch); see ``spherear.train.loop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spherear.checkpoints import Loaded, load_checkpoint, save_pretrained
+from spherear.config import Recipe, load_recipe, save_recipe
+from spherear.data.latent_cache import LatentDataset, file_fingerprint
+from spherear.data.prepare import PreparedImages
+from spherear.data.transforms import to_tensor, train_view
+from spherear.models import build_ar
+from spherear.models.power_spherical import PowerSpherical
+from spherear.models.registry import resolve_ar
+from spherear.train.loop import (
+    EMA,
+    BatchPlan,
+    Checkpoints,
+    Counter,
+    MetricsLog,
+    TrainingError,
+    check_finite,
+    global_batch_items,
+    item_seed,
+    lr_factor,
+    oom_message,
+    param_groups,
+    steps_per_epoch,
+    total_steps,
+    use_recipe_lr,
+    weights_checksum,
+)
+from spherear.train.session import make_accelerator, save_grid, trackers
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Item k = the micro-batch of one process for optimiser step ``first + k // accum``."""
+
+    def __init__(self, recipe: Recipe, source, plan: BatchPlan, rank: int, first: int, last: int):
+        self.recipe, self.source, self.plan, self.rank = recipe, source, plan, rank
+        self.first, self.last = first, last
+        self.per_epoch = steps_per_epoch(len(source), plan.global_batch)
+        self.images = isinstance(source, PreparedImages)
+
+    def __len__(self) -> int:
+        return (self.last - self.first) * self.plan.accumulation
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        step = self.first + k // self.plan.accumulation
+        micro = k % self.plan.accumulation
+        seed = self.recipe.run.seed
+        items, epoch = global_batch_items(len(self.source), self.plan, seed, step, self.per_epoch)
+        cfg, ar_cfg = self.recipe.vae, self.recipe.ar
+        parts = []
+        for p in self.plan.positions(self.rank, micro):
+            s = item_seed(seed, step, p)
+            g = torch.Generator().manual_seed(s)
+            if self.images:
+                image, label = self.source[items[p]]
+                aug = self.recipe.augment
+                view = train_view(
+                    image, cfg.resolution, epoch, np.random.default_rng(s), aug.random_crop_min,
+                    aug.hflip, (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch),
+                )  # fmt: skip
+                x = to_tensor(view)
+            else:
+                x, label = self.source.draw(items[p], g)
+            k_, n = ar_cfg.diff_batch_mul, cfg.num_tokens
+            parts.append({
+                "x": x,
+                "label": torch.tensor(label),
+                "drop": torch.rand((), generator=g) < ar_cfg.class_dropout,
+                "t": torch.sigmoid(torch.randn(k_, n, generator=g)),
+                "noise": torch.randn(k_, n, cfg.latent_dim, generator=g),
+                "seed": torch.tensor(s),
+            })  # fmt: skip
+        return {key: torch.stack([q[key] for q in parts]) for key in parts[0]}
+
+
+def _encode(vae, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """On-the-fly inputs: posterior samples drawn from each image's own seed."""
+    with torch.no_grad():
+        posterior = vae.encode(images)
+    mu, kappa = posterior.mu.float().cpu(), posterior.kappa.float().cpu()
+    samples = [
+        PowerSpherical(mu[j], kappa[j]).sample(torch.Generator().manual_seed(int(seeds[j]) + 1))
+        for j in range(len(mu))
+    ]
+    return torch.stack(samples).to(images.device) * math.sqrt(mu.shape[-1])
+
+
+def _check_resume(recipe: Recipe, run_dir: Path) -> None:
+    saved_path = run_dir / "recipe.toml"
+    if not saved_path.is_file():
+        return
+    saved = load_recipe(saved_path)
+    if saved.ar is None or resolve_ar(saved.ar) != resolve_ar(recipe.ar) or saved.vae != recipe.vae:
+        was = f"SphereAR-{saved.ar.size}" if saved.ar else "a VAE run"
+        raise TrainingError(
+            f"{run_dir} holds a run of {was} with another architecture than this recipe's "
+            f"SphereAR-{recipe.ar.size}; use another run.output_dir or the same recipe"
+        )
+
+
+def _load_vae(recipe: Recipe) -> Loaded:
+    path = recipe.train.vae_checkpoint
+    if not path:
+        raise TrainingError(
+            "train.vae_checkpoint is empty: set it to the S-VAE that encoded the data "
+            "(a train-vae export folder or the authors' vae.pt)"
+        )
+    loaded = load_checkpoint(path)
+    if loaded.recipe.vae != recipe.vae:
+        raise TrainingError(
+            f"train.vae_checkpoint {path} is a different S-VAE ({loaded.recipe.vae}) from the "
+            f"recipe's [vae] ({recipe.vae}); make them match"
+        )
+    return loaded
+
+
+def _source(recipe: Recipe):
+    if recipe.train.inputs == "images":
+        return PreparedImages(recipe.data.prepared)
+    source = LatentDataset(recipe.data.latents)
+    cached_by = source.manifest["settings"]["vae_sha256"]
+    if cached_by != file_fingerprint(recipe.train.vae_checkpoint):
+        raise TrainingError(
+            f"{recipe.data.latents} was cached with another VAE than train.vae_checkpoint "
+            f"({recipe.train.vae_checkpoint}); rerun cache-latents with it or point to its cache"
+        )
+    return source
+
+
+def train_ar(recipe: Recipe, progress: bool = True) -> Path:
+    """Train (or resume) ``recipe``'s AR model; returns the export folder."""
+    from tqdm import tqdm
+
+    cfg = recipe.train
+    run_dir = Path(recipe.run.output_dir)
+    _check_resume(recipe, run_dir)
+    accelerator = make_accelerator(cfg, run_dir)
+    plan = BatchPlan.make(cfg, accelerator.num_processes)
+    vae = _load_vae(recipe).vae.to(accelerator.device).eval().requires_grad_(False)
+    source = _source(recipe)
+    per_epoch = steps_per_epoch(len(source), plan.global_batch)
+    total = total_steps(cfg, per_epoch)
+    if accelerator.is_main_process:
+        save_recipe(recipe, run_dir)
+
+    torch.manual_seed(recipe.run.seed)  # the same initial weights on every process
+    ar = build_ar(recipe)
+    ar.grad_checkpointing = cfg.grad_checkpointing
+    groups = param_groups(ar, cfg.weight_decay, ("cls_embedding", "proj_in"))
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total))
+    ema = EMA(ar, cfg.ema_decay)
+    counter = Counter()
+    model, optimizer = accelerator.prepare(ar, optimizer)
+    if cfg.compile:
+        model = torch.compile(model)
+    for obj in (scheduler, ema, counter):
+        accelerator.register_for_checkpointing(obj)
+
+    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
+    log = MetricsLog(run_dir, accelerator.is_main_process)
+    if (latest := checkpoints.latest()) is not None:
+        accelerator.load_state(str(latest))
+        use_recipe_lr(optimizer, scheduler, cfg)
+        log.truncate_after(counter.step)
+    trackers(accelerator, recipe)
+
+    batches = MicroBatches(recipe, source, plan, accelerator.process_index, counter.step, total)
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, num_workers=cfg.num_workers if len(batches) else 0
+    )
+    bar = tqdm(total=total, initial=counter.step, unit="step", desc="train-ar",
+               disable=not (progress and accelerator.is_main_process))  # fmt: skip
+    running = 0.0
+    for k, batch in enumerate(loader):
+        micro = k % plan.accumulation
+        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        tokens = batch["x"] if batch["x"].ndim == 3 else _encode(vae, batch["x"], batch["seed"])
+        last_micro = micro == plan.accumulation - 1
+        try:
+            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+                with accelerator.autocast():
+                    loss = model(tokens, batch["label"], batch["drop"], batch["t"], batch["noise"])
+                accelerator.backward(loss / plan.accumulation)
+        except torch.cuda.OutOfMemoryError as e:
+            raise oom_message(e, plan, cfg) from None
+        running += loss.detach().float() / plan.accumulation
+        if not last_micro:
+            continue
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        step_loss = accelerator.reduce(running, "mean").item()
+        running = 0.0
+        check_finite(step_loss, counter.step + 1, checkpoints, cfg)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(model))
+        counter.step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if counter.step % cfg.log_every == 0 or counter.step == total:
+            record = {"step": counter.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm)}  # fmt: skip
+            log.write(record)
+            accelerator.log(record, step=counter.step)
+        if counter.step % cfg.checkpoint_every == 0 or counter.step == total:
+            checkpoints.save(accelerator, counter.step)
+        if cfg.sample_every and counter.step % cfg.sample_every == 0:
+            _sample_grid(recipe, accelerator, model, ema, vae, run_dir, counter.step)
+    bar.close()
+
+    raw = accelerator.unwrap_model(model)
+    sums = accelerator.gather(torch.tensor([weights_checksum(raw)], device=accelerator.device))
+    log.write({"step": counter.step, "weights_checksum_per_rank": sums.tolist()})
+    export = run_dir / "export"
+    if accelerator.is_main_process:
+        ema_state = ema.full_state(raw)
+        save_pretrained(export, recipe, vae.cpu(), ema_state, raw.state_dict())
+        _sample_grid(recipe, accelerator, model, ema, vae, run_dir, counter.step)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return export
+
+
+def _sample_grid(recipe, accelerator, model, ema, vae, run_dir: Path, step: int) -> None:
+    """Class-conditional samples with the EMA weights: one row per class (up to 8)."""
+    if not accelerator.is_main_process:
+        return
+    ema_model = copy.deepcopy(accelerator.unwrap_model(model)).eval()
+    ema_model.load_state_dict(ema.full_state(ema_model))
+    classes = min(8, recipe.ar.num_classes)
+    labels = torch.arange(classes, device=accelerator.device).repeat_interleave(4)
+    s = recipe.sample
+    generator = torch.Generator(accelerator.device).manual_seed(recipe.run.seed)
+    with accelerator.autocast():
+        tokens = ema_model.sample(labels, s.cfg, s.cfg_schedule, s.steps, s.sampler, generator)
+        images = vae.to(accelerator.device).decode(tokens).float()
+    save_grid(images, run_dir / "samples" / f"step-{step:08d}.png", nrow=4)

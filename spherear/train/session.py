@@ -1,0 +1,43 @@
+"""The Accelerate session of a training run: devices, precision, sharding, trackers, grids."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from spherear.config import Recipe, TrainConfig, recipe_to_dict
+
+
+def make_accelerator(cfg: TrainConfig, run_dir: Path):
+    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU."""
+    from accelerate import Accelerator, FullyShardedDataParallelPlugin
+
+    cuda = torch.cuda.is_available()
+    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    return Accelerator(
+        cpu=not cuda,
+        mixed_precision=cfg.mixed_precision if cuda else "no",
+        log_with="tensorboard" if has_tensorboard else None,
+        project_dir=str(run_dir),
+        fsdp_plugin=FullyShardedDataParallelPlugin() if cfg.fsdp else None,
+    )
+
+
+def trackers(accelerator, recipe: Recipe) -> None:
+    """TensorBoard logs under run_dir, with the recipe as flat hyperparameters."""
+    flat = {
+        f"{section}.{key}": value if isinstance(value, int | float | str | bool) else str(value)
+        for section, table in recipe_to_dict(recipe).items()
+        for key, value in table.items()
+    }
+    accelerator.init_trackers(recipe.run.name, config=flat)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+    """Images in [-1, 1] -> one PNG grid."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(((images.float() + 1) / 2).clamp(0, 1), path, nrow=nrow)
