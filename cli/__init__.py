@@ -38,6 +38,7 @@ def _root(
 app.command("info")(info.info)
 app.command("prepare-data")(data.prepare_data)
 app.command("cache-latents")(data.cache_latents)
+app.command("train-vae")(train.train_vae)
 app.command("train-ar")(train.train_ar)
 
 

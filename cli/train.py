@@ -25,3 +25,18 @@ def train_ar(
     if resolved.ar is None:
         raise SpherearError(f"{recipe}: no [ar] section; train-ar needs an AR recipe")
     typer.echo(f"exported to {run(resolved)}")
+
+
+@user_errors
+def train_vae(
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="A TOML recipe with [vae_loss]."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe value (repeatable)."),
+) -> None:
+    """Train the S-VAE (L1 + LPIPS + PatchGAN + KL to uniform) on a prepared dataset;
+    resumes from the newest checkpoint in run.output_dir."""
+    from spherear.config import VAELossConfig, load_recipe
+    from spherear.train.vae import train_vae as run
+
+    resolved = load_recipe(recipe, overrides)
+    resolved.vae_loss = resolved.vae_loss or VAELossConfig()
+    typer.echo(f"exported to {run(resolved)}")

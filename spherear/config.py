@@ -137,6 +137,9 @@ class VAELossConfig:
     disc_layers: int = bounded(3, 1)
     disc_channels: int = bounded(64, 1)
     kl_weight: float = bounded(0.004, 0)
+    # LPIPS-VGG backbone: a torchvision VGG16 weights file; empty = torch's hub cache
+    perceptual_weights: str = ""
+    perceptual_random: bool = False  # random VGG, for tests only: never for real training
 
 
 @dataclass

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import Loaded, load_checkpoint, save_pretrained
-from spherear.config import Recipe, load_recipe, save_recipe
+from spherear.config import Recipe, save_recipe
 from spherear.data.latent_cache import LatentDataset, file_fingerprint
 from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_ar
 from spherear.models.power_spherical import PowerSpherical
-from spherear.models.registry import resolve_ar
 from spherear.train.loop import (
     EMA,
     BatchPlan,
@@ -42,7 +41,7 @@ from spherear.train.loop import (
     use_recipe_lr,
     weights_checksum,
 )
-from spherear.train.session import make_accelerator, save_grid, trackers
+from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
 
 
 class MicroBatches(torch.utils.data.Dataset):
@@ -101,19 +100,6 @@ def _encode(vae, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     return torch.stack(samples).to(images.device) * math.sqrt(mu.shape[-1])
 
 
-def _check_resume(recipe: Recipe, run_dir: Path) -> None:
-    saved_path = run_dir / "recipe.toml"
-    if not saved_path.is_file():
-        return
-    saved = load_recipe(saved_path)
-    if saved.ar is None or resolve_ar(saved.ar) != resolve_ar(recipe.ar) or saved.vae != recipe.vae:
-        was = f"SphereAR-{saved.ar.size}" if saved.ar else "a VAE run"
-        raise TrainingError(
-            f"{run_dir} holds a run of {was} with another architecture than this recipe's "
-            f"SphereAR-{recipe.ar.size}; use another run.output_dir or the same recipe"
-        )
-
-
 def _load_vae(recipe: Recipe) -> Loaded:
     path = recipe.train.vae_checkpoint
     if not path:
@@ -149,7 +135,7 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
 
     cfg = recipe.train
     run_dir = Path(recipe.run.output_dir)
-    _check_resume(recipe, run_dir)
+    check_resume(recipe, run_dir)
     accelerator = make_accelerator(cfg, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     vae = _load_vae(recipe).vae.to(accelerator.device).eval().requires_grad_(False)
@@ -183,7 +169,7 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
 
     batches = MicroBatches(recipe, source, plan, accelerator.process_index, counter.step, total)
     loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=cfg.num_workers if len(batches) else 0
+        batches, batch_size=None, num_workers=cfg.num_workers, generator=torch.Generator()
     )
     bar = tqdm(total=total, initial=counter.step, unit="step", desc="train-ar",
                disable=not (progress and accelerator.is_main_process))  # fmt: skip

@@ -41,3 +41,28 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(((images.float() + 1) / 2).clamp(0, 1), path, nrow=nrow)
+
+
+def check_resume(recipe: Recipe, run_dir: Path) -> None:
+    """A run folder continues only the architecture it was started with."""
+    from spherear.config import load_recipe
+    from spherear.models.registry import resolve_ar
+    from spherear.train.loop import TrainingError
+
+    saved_path = run_dir / "recipe.toml"
+    if not saved_path.is_file():
+        return
+    saved = load_recipe(saved_path)
+
+    def arch(r: Recipe):
+        return r.vae, resolve_ar(r.ar) if r.ar is not None else None
+
+    if arch(saved) != arch(recipe):
+
+        def name(r: Recipe) -> str:
+            return f"SphereAR-{r.ar.size}" if r.ar is not None else "an S-VAE"
+
+        raise TrainingError(
+            f"{run_dir} holds a run of {name(saved)} with another architecture than this "
+            f"recipe's {name(recipe)}; use another run.output_dir or the run's own recipe"
+        )

@@ -1,0 +1,213 @@
+"""train-vae: the S-VAE with L1 + LPIPS + PatchGAN (hinge, from ``disc_start``) +
+KL to the uniform distribution on the sphere; two optimisers.
+
+The last ``HELD_OUT`` images of the prepared dataset never enter training: their centre
+crops are the fixed batch on which reconstructions and PSNR are reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spherear.checkpoints import save_pretrained
+from spherear.config import Recipe, save_recipe
+from spherear.data.prepare import PreparedImages
+from spherear.data.transforms import center_crop, to_tensor, train_view
+from spherear.models import build_vae
+from spherear.train.loop import (
+    BatchPlan,
+    Checkpoints,
+    Counter,
+    MetricsLog,
+    check_finite,
+    global_batch_items,
+    item_seed,
+    lr_factor,
+    oom_message,
+    param_groups,
+    steps_per_epoch,
+    total_steps,
+    use_recipe_lr,
+)
+from spherear.train.losses import (
+    PatchDiscriminator,
+    hinge_d_loss,
+    hinge_g_loss,
+    perceptual_loss,
+)
+from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
+
+HELD_OUT = 8
+
+
+class ImageBatches(torch.utils.data.Dataset):
+    """Item k = the image micro-batch of one process for step ``first + k // accum``."""
+
+    def __init__(self, recipe: Recipe, images: PreparedImages, plan: BatchPlan, rank: int,
+                 first: int, last: int):  # fmt: skip
+        self.recipe, self.images, self.plan, self.rank = recipe, images, plan, rank
+        self.first, self.last = first, last
+        self.num_train = len(images) - HELD_OUT
+        self.per_epoch = steps_per_epoch(self.num_train, plan.global_batch)
+
+    def __len__(self) -> int:
+        return (self.last - self.first) * self.plan.accumulation
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        step = self.first + k // self.plan.accumulation
+        micro = k % self.plan.accumulation
+        seed, aug = self.recipe.run.seed, self.recipe.augment
+        items, epoch = global_batch_items(self.num_train, self.plan, seed, step, self.per_epoch)
+        views = []
+        for p in self.plan.positions(self.rank, micro):
+            image, _ = self.images[items[p]]
+            rng = np.random.default_rng(item_seed(seed, step, p))
+            decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
+            view = train_view(image, self.recipe.vae.resolution, epoch, rng,
+                              aug.random_crop_min, aug.hflip, decay)  # fmt: skip
+            views.append(to_tensor(view))
+        return torch.stack(views)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1], after quantising both to uint8 as saved images are."""
+
+    def quantise(x):
+        return (x.float() * 127.5 + 128).clamp(0, 255).floor()
+
+    mse = (quantise(a) - quantise(b)).square().mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def train_vae(recipe: Recipe, progress: bool = True) -> Path:
+    """Train (or resume) ``recipe``'s S-VAE; returns the export folder."""
+    from tqdm import tqdm
+
+    cfg, loss_cfg = recipe.train, recipe.vae_loss
+    run_dir = Path(recipe.run.output_dir)
+    check_resume(recipe, run_dir)
+    accelerator = make_accelerator(cfg, run_dir)
+    if accelerator.is_main_process:
+        save_recipe(recipe, run_dir)
+    plan = BatchPlan.make(cfg, accelerator.num_processes)
+    images = PreparedImages(recipe.data.prepared)
+    per_epoch = steps_per_epoch(len(images) - HELD_OUT, plan.global_batch)
+    total = total_steps(cfg, per_epoch)
+
+    torch.manual_seed(recipe.run.seed)
+    vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
+    lpips = perceptual_loss(loss_cfg).to(accelerator.device)
+    opt = torch.optim.AdamW(param_groups(vae, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.AdamW(param_groups(disc, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    schedulers = [
+        torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg, total))
+        for o in (opt, opt_d)
+    ]
+    counter = Counter()
+    vae, disc, opt, opt_d = accelerator.prepare(vae, disc, opt, opt_d)
+    for obj in (*schedulers, counter):
+        accelerator.register_for_checkpointing(obj)
+    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
+    log = MetricsLog(run_dir, accelerator.is_main_process)
+    if (latest := checkpoints.latest()) is not None:
+        accelerator.load_state(str(latest))
+        for o, s in zip((opt, opt_d), schedulers, strict=True):
+            use_recipe_lr(o, s, cfg)
+        log.truncate_after(counter.step)
+    trackers(accelerator, recipe)
+    held_out = torch.stack([
+        to_tensor(center_crop(images[len(images) - 1 - i][0], recipe.vae.resolution))
+        for i in range(HELD_OUT)
+    ]).to(accelerator.device)  # fmt: skip
+
+    batches = ImageBatches(recipe, images, plan, accelerator.process_index, counter.step, total)
+    # its own generator: making the iterator must not consume the global RNG (saved and
+    # restored with checkpoints, it drives the posterior samples)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
+                                         generator=torch.Generator())  # fmt: skip
+    bar = tqdm(total=total, initial=counter.step, unit="step", desc="train-vae",
+               disable=not (progress and accelerator.is_main_process))  # fmt: skip
+    sums: dict[str, float] = {}
+    for k, x in enumerate(loader):
+        x = x.to(accelerator.device)
+        micro = k % plan.accumulation
+        last_micro = micro == plan.accumulation - 1
+        adversarial = counter.step >= loss_cfg.disc_start
+        sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(vae)
+        try:
+            with sync, accelerator.autocast():
+                recon, posterior = vae(x)
+                parts = {
+                    "l1": (recon.float() - x).abs().mean(),
+                    "lpips": lpips(recon.float(), x).mean(),
+                    "kl": posterior.kl().mean(),
+                }
+                parts["g"] = hinge_g_loss(disc(recon)) if adversarial else torch.zeros(())
+                weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
+                           "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
+                loss = sum(w * parts[name] for name, w in weights.items())
+                accelerator.backward(loss / plan.accumulation)
+            if adversarial:
+                with (contextlib.nullcontext() if last_micro else accelerator.no_sync(disc)), \
+                        accelerator.autocast():  # fmt: skip
+                    d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
+                    accelerator.backward(d_loss / plan.accumulation)
+                parts["d"] = d_loss
+        except torch.cuda.OutOfMemoryError as e:
+            raise oom_message(e, plan, cfg) from None
+        parts["loss"] = loss
+        for name, v in parts.items():
+            sums[name] = sums.get(name, 0.0) + v.detach().float() / plan.accumulation
+        if not last_micro:
+            continue
+        record = {name: accelerator.reduce(v.to(accelerator.device), "mean").item()
+                  for name, v in sums.items()}  # fmt: skip
+        sums = {}
+        check_finite(record["loss"], counter.step + 1, checkpoints, cfg)
+        accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if adversarial:
+            accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+        for s in schedulers:
+            s.step()
+        counter.step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{record['l1']:.4f}", loss=f"{record['loss']:.4f}")
+        if counter.step % cfg.log_every == 0 or counter.step == total:
+            record = {"step": counter.step, **record, "lr": schedulers[0].get_last_lr()[0]}
+            log.write(record)
+            accelerator.log(record, step=counter.step)
+        if counter.step % cfg.checkpoint_every == 0 or counter.step == total:
+            checkpoints.save(accelerator, counter.step)
+        if cfg.sample_every and counter.step % cfg.sample_every == 0 or counter.step == total:
+            _report(accelerator, vae, held_out, run_dir, counter.step, log)
+    bar.close()
+    export = run_dir / "export"
+    if accelerator.is_main_process:
+        save_pretrained(export, recipe, accelerator.unwrap_model(vae).cpu())
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return export
+
+
+def _report(accelerator, vae, held_out, run_dir: Path, step: int, log: MetricsLog) -> None:
+    """PSNR on the held-out batch and a grid: originals on top, reconstructions below."""
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(vae)
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        recon = model.decode(model.encode(held_out).mode()).float().clamp(-1, 1)
+    model.train()
+    value = psnr(recon, held_out)
+    log.write({"step": step, "held_out_psnr": value})
+    accelerator.log({"held_out_psnr": value}, step=step)
+    save_grid(torch.cat([held_out, recon]), run_dir / "reconstructions" / f"step-{step:08d}.png",
+              nrow=len(held_out))  # fmt: skip
