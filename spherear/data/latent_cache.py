@@ -182,9 +182,12 @@ def cache_latents(
         )
     if out.exists() and not (out / SETTINGS).is_file() and any(out.iterdir()):
         raise CacheError(f"{out} exists and is not a latent cache; choose another --out")
-    if accelerator.is_main_process:
+    # every process has checked the folder as it was before anyone writes to it
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not (out / SETTINGS).is_file():
         out.mkdir(parents=True, exist_ok=True)
-        (out / SETTINGS).write_text(json.dumps(settings, indent=1))
+        (out / ".settings.tmp").write_text(json.dumps(settings, indent=1))
+        (out / ".settings.tmp").replace(out / SETTINGS)
     accelerator.wait_for_everyone()
 
     num_shards = math.ceil(table.num_images / recipe.cache.shard_size)

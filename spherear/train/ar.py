@@ -33,12 +33,11 @@ from spherear.train.loop import (
     check_finite,
     global_batch_items,
     item_seed,
-    lr_factor,
     oom_message,
     param_groups,
+    set_lr,
     steps_per_epoch,
     total_steps,
-    use_recipe_lr,
     weights_checksum,
 )
 from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
@@ -150,20 +149,18 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     ar.grad_checkpointing = cfg.grad_checkpointing
     groups = param_groups(ar, cfg.weight_decay, ("cls_embedding", "proj_in"))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total))
     ema = EMA(ar, cfg.ema_decay)
     counter = Counter()
     model, optimizer = accelerator.prepare(ar, optimizer)
     if cfg.compile:
         model = torch.compile(model)
-    for obj in (scheduler, ema, counter):
+    for obj in (ema, counter):
         accelerator.register_for_checkpointing(obj)
 
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
     log = MetricsLog(run_dir, accelerator.is_main_process)
     if (latest := checkpoints.latest()) is not None:
         accelerator.load_state(str(latest))
-        use_recipe_lr(optimizer, scheduler, cfg)
         log.truncate_after(counter.step)
     trackers(accelerator, recipe)
 
@@ -193,15 +190,15 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
         step_loss = accelerator.reduce(running, "mean").item()
         running = 0.0
         check_finite(step_loss, counter.step + 1, checkpoints, cfg)
+        lr = set_lr([optimizer], cfg, counter.step, total)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(accelerator.unwrap_model(model))
         counter.step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         if counter.step % cfg.log_every == 0 or counter.step == total:
-            record = {"step": counter.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+            record = {"step": counter.step, "loss": step_loss, "lr": lr,
                       "grad_norm": float(grad_norm)}  # fmt: skip
             log.write(record)
             accelerator.log(record, step=counter.step)

@@ -227,10 +227,11 @@ def weights_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def use_recipe_lr(optimizer, scheduler, cfg: TrainConfig) -> None:
-    """After a resume, take the learning rate from the recipe rather than the checkpoint,
-    so that lowering ``train.lr`` is a way out of a diverged run."""
-    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
-    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-        group["initial_lr"] = cfg.lr
-        group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+def set_lr(optimizers, cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate is a function of the step and the recipe alone, so a resumed run
+    follows the schedule exactly, and a lower ``train.lr`` is a way out of a diverged run."""
+    lr = cfg.lr * lr_factor(step, cfg, total)
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    return lr

@@ -26,12 +26,11 @@ from spherear.train.loop import (
     check_finite,
     global_batch_items,
     item_seed,
-    lr_factor,
     oom_message,
     param_groups,
+    set_lr,
     steps_per_epoch,
     total_steps,
-    use_recipe_lr,
 )
 from spherear.train.losses import (
     PatchDiscriminator,
@@ -103,20 +102,13 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     lpips = perceptual_loss(loss_cfg).to(accelerator.device)
     opt = torch.optim.AdamW(param_groups(vae, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.AdamW(param_groups(disc, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    schedulers = [
-        torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg, total))
-        for o in (opt, opt_d)
-    ]
     counter = Counter()
     vae, disc, opt, opt_d = accelerator.prepare(vae, disc, opt, opt_d)
-    for obj in (*schedulers, counter):
-        accelerator.register_for_checkpointing(obj)
+    accelerator.register_for_checkpointing(counter)
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
     log = MetricsLog(run_dir, accelerator.is_main_process)
     if (latest := checkpoints.latest()) is not None:
         accelerator.load_state(str(latest))
-        for o, s in zip((opt, opt_d), schedulers, strict=True):
-            use_recipe_lr(o, s, cfg)
         log.truncate_after(counter.step)
     trackers(accelerator, recipe)
     held_out = torch.stack([
@@ -168,6 +160,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
                   for name, v in sums.items()}  # fmt: skip
         sums = {}
         check_finite(record["loss"], counter.step + 1, checkpoints, cfg)
+        lr = set_lr([opt, opt_d], cfg, counter.step, total)
         accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -175,13 +168,11 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
             accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
-        for s in schedulers:
-            s.step()
         counter.step += 1
         bar.update(1)
         bar.set_postfix(l1=f"{record['l1']:.4f}", loss=f"{record['loss']:.4f}")
         if counter.step % cfg.log_every == 0 or counter.step == total:
-            record = {"step": counter.step, **record, "lr": schedulers[0].get_last_lr()[0]}
+            record = {"step": counter.step, **record, "lr": lr}
             log.write(record)
             accelerator.log(record, step=counter.step)
         if counter.step % cfg.checkpoint_every == 0 or counter.step == total:

@@ -1,0 +1,93 @@
+"""Does the tiny pipeline learn? train-vae then train-ar on the synthetic set, on CPU.
+
+    python benchmarks/learning.py --workdir /tmp/spherear-learning [--steps 300]
+
+Phases: prepare-data (synthetic, 32px) -> train-vae for --steps -> cache-latents with that
+VAE -> train-ar for --steps. Prints JSON: each curve at a few steps, and the relative drop
+of the VAE's L1 (target >= 50%) and of the AR flow loss (target >= 30%) from the first
+logged steps to the last. The VAE's LPIPS backbone is random here (no VGG weights offline),
+and the discriminator stays off (as in the paper's first 20k steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from spherear.checkpoints import load_checkpoint
+from spherear.config import load_recipe
+from spherear.data.latent_cache import cache_latents
+from spherear.data.prepare import prepare_dataset
+from spherear.train.ar import train_ar
+from spherear.train.loop import read_metrics
+from spherear.train.vae import train_vae
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def curve(run: Path, key: str, every: int) -> dict[int, float]:
+    return {m["step"]: round(m[key], 4) for m in read_metrics(run) if key in m
+            and (m["step"] % every == 0 or m["step"] == 1)}  # fmt: skip
+
+
+def drop(run: Path, key: str, window: int = 10) -> dict[str, float]:
+    values = [m[key] for m in read_metrics(run) if key in m]
+    first = sum(values[:window]) / window
+    last = sum(values[-window:]) / window
+    return {"first_mean": first, "last_mean": last, "relative_drop": 1 - last / first}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    w = args.workdir
+    common = [
+        f"data.prepared={w / 'data'}", f"data.latents={w / 'latents'}",
+        "train.log_every=1", "train.num_workers=0", "train.sample_every=0",
+        f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}",
+    ]  # fmt: skip
+    timings = {}
+    t = time.time()
+    prepare_dataset("synthetic", w / "data", resolution=32, num_images=5000, num_proc=2,
+                    progress=False)  # fmt: skip
+    timings["prepare_s"] = time.time() - t
+
+    vae_recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [
+        *common, f"run.output_dir={w / 'vae'}", "vae_loss.perceptual_random=true",
+        "vae_loss.disc_start=1000000", "train.global_batch_size=16", "train.micro_batch_size=16",
+        "train.lr=1e-3", "train.warmup_steps=20", "train.lr_schedule=constant",
+    ])  # fmt: skip
+    t = time.time()
+    export = train_vae(vae_recipe, progress=False)
+    timings["train_vae_s"] = time.time() - t
+
+    ar_recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [
+        *common, f"run.output_dir={w / 'ar'}", f"train.vae_checkpoint={export}",
+    ])  # fmt: skip
+    t = time.time()
+    cache_latents(ar_recipe, load_checkpoint(export).vae, export, w / "data", w / "latents",
+                  progress=False)  # fmt: skip
+    timings["cache_s"] = time.time() - t
+    t = time.time()
+    train_ar(ar_recipe, progress=False)
+    timings["train_ar_s"] = time.time() - t
+
+    every = max(1, args.steps // 6)
+    print(json.dumps({
+        "steps": args.steps,
+        "vae_l1_curve": curve(w / "vae", "l1", every),
+        "vae_l1": drop(w / "vae", "l1"),
+        "vae_held_out_psnr": [m["held_out_psnr"] for m in read_metrics(w / "vae")
+                              if "held_out_psnr" in m],
+        "ar_loss_curve": curve(w / "ar", "loss", every),
+        "ar_loss": drop(w / "ar", "loss"),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
