@@ -29,10 +29,9 @@ from spherear.train.loop import (
     Checkpoints,
     Counter,
     MetricsLog,
+    StepBatches,
     TrainingError,
     check_finite,
-    global_batch_items,
-    item_seed,
     oom_message,
     param_groups,
     set_lr,
@@ -43,48 +42,33 @@ from spherear.train.loop import (
 from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
 
 
-class MicroBatches(torch.utils.data.Dataset):
-    """Item k = the micro-batch of one process for optimiser step ``first + k // accum``."""
+class MicroBatches(StepBatches):
+    """AR inputs (a latent sample, or an augmented image to encode) and the draws of the
+    loss: class dropout, and the flow time and noise of each token copy."""
 
     def __init__(self, recipe: Recipe, source, plan: BatchPlan, rank: int, first: int, last: int):
-        self.recipe, self.source, self.plan, self.rank = recipe, source, plan, rank
-        self.first, self.last = first, last
-        self.per_epoch = steps_per_epoch(len(source), plan.global_batch)
-        self.images = isinstance(source, PreparedImages)
+        super().__init__(len(source), plan, rank, first, last, recipe.run.seed)
+        self.recipe, self.source = recipe, source
 
-    def __len__(self) -> int:
-        return (self.last - self.first) * self.plan.accumulation
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        step = self.first + k // self.plan.accumulation
-        micro = k % self.plan.accumulation
-        seed = self.recipe.run.seed
-        items, epoch = global_batch_items(len(self.source), self.plan, seed, step, self.per_epoch)
-        cfg, ar_cfg = self.recipe.vae, self.recipe.ar
-        parts = []
-        for p in self.plan.positions(self.rank, micro):
-            s = item_seed(seed, step, p)
-            g = torch.Generator().manual_seed(s)
-            if self.images:
-                image, label = self.source[items[p]]
-                aug = self.recipe.augment
-                view = train_view(
-                    image, cfg.resolution, epoch, np.random.default_rng(s), aug.random_crop_min,
-                    aug.hflip, (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch),
-                )  # fmt: skip
-                x = to_tensor(view)
-            else:
-                x, label = self.source.draw(items[p], g)
-            k_, n = ar_cfg.diff_batch_mul, cfg.num_tokens
-            parts.append({
-                "x": x,
-                "label": torch.tensor(label),
-                "drop": torch.rand((), generator=g) < ar_cfg.class_dropout,
-                "t": torch.sigmoid(torch.randn(k_, n, generator=g)),
-                "noise": torch.randn(k_, n, cfg.latent_dim, generator=g),
-                "seed": torch.tensor(s),
-            })  # fmt: skip
-        return {key: torch.stack([q[key] for q in parts]) for key in parts[0]}
+    def sample(self, index: int, seed: int, epoch: float) -> dict[str, torch.Tensor]:
+        vae, ar, aug = self.recipe.vae, self.recipe.ar, self.recipe.augment
+        g = torch.Generator().manual_seed(seed)
+        if isinstance(self.source, PreparedImages):
+            image, label = self.source[index]
+            decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
+            view = train_view(image, vae.resolution, epoch, np.random.default_rng(seed),
+                              aug.random_crop_min, aug.hflip, decay)  # fmt: skip
+            x = to_tensor(view)
+        else:
+            x, label = self.source.draw(index, g)
+        return {
+            "x": x,
+            "label": torch.tensor(label),
+            "drop": torch.rand((), generator=g) < ar.class_dropout,
+            "t": torch.sigmoid(torch.randn(ar.diff_batch_mul, vae.num_tokens, generator=g)),
+            "noise": torch.randn(ar.diff_batch_mul, vae.num_tokens, vae.latent_dim, generator=g),
+            "seed": torch.tensor(seed),
+        }
 
 
 def _encode(vae, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:

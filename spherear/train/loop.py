@@ -235,3 +235,32 @@ def set_lr(optimizers, cfg: TrainConfig, step: int, total: int) -> float:
         for group in optimizer.param_groups:
             group["lr"] = lr
     return lr
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item k is the micro-batch of process ``rank`` for optimiser step
+    ``first + k // accumulation``; subclasses make one sample from its dataset index, its
+    seed and the (fractional) epoch, and items are those samples stacked."""
+
+    def __init__(self, num_items: int, plan: BatchPlan, rank: int, first: int, last: int,
+                 seed: int):  # fmt: skip
+        self.num_items, self.plan, self.rank, self.seed = num_items, plan, rank, seed
+        self.first, self.last = first, last
+        self.per_epoch = steps_per_epoch(num_items, plan.global_batch)
+
+    def __len__(self) -> int:
+        return (self.last - self.first) * self.plan.accumulation
+
+    def __getitem__(self, k: int):
+        step, micro = divmod(k, self.plan.accumulation)
+        step += self.first
+        items, epoch = global_batch_items(self.num_items, self.plan, self.seed, step,
+                                          self.per_epoch)  # fmt: skip
+        samples = [
+            self.sample(items[p], item_seed(self.seed, step, p), epoch)
+            for p in self.plan.positions(self.rank, micro)
+        ]
+        return torch.utils.data.default_collate(samples)
+
+    def sample(self, index: int, seed: int, epoch: float):
+        raise NotImplementedError

@@ -23,9 +23,8 @@ from spherear.train.loop import (
     Checkpoints,
     Counter,
     MetricsLog,
+    StepBatches,
     check_finite,
-    global_batch_items,
-    item_seed,
     oom_message,
     param_groups,
     set_lr,
@@ -43,33 +42,21 @@ from spherear.train.session import check_resume, make_accelerator, save_grid, tr
 HELD_OUT = 8
 
 
-class ImageBatches(torch.utils.data.Dataset):
-    """Item k = the image micro-batch of one process for step ``first + k // accum``."""
+class ImageBatches(StepBatches):
+    """Augmented training images (the held-out ones excluded)."""
 
     def __init__(self, recipe: Recipe, images: PreparedImages, plan: BatchPlan, rank: int,
                  first: int, last: int):  # fmt: skip
-        self.recipe, self.images, self.plan, self.rank = recipe, images, plan, rank
-        self.first, self.last = first, last
-        self.num_train = len(images) - HELD_OUT
-        self.per_epoch = steps_per_epoch(self.num_train, plan.global_batch)
+        super().__init__(len(images) - HELD_OUT, plan, rank, first, last, recipe.run.seed)
+        self.recipe, self.images = recipe, images
 
-    def __len__(self) -> int:
-        return (self.last - self.first) * self.plan.accumulation
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        step = self.first + k // self.plan.accumulation
-        micro = k % self.plan.accumulation
-        seed, aug = self.recipe.run.seed, self.recipe.augment
-        items, epoch = global_batch_items(self.num_train, self.plan, seed, step, self.per_epoch)
-        views = []
-        for p in self.plan.positions(self.rank, micro):
-            image, _ = self.images[items[p]]
-            rng = np.random.default_rng(item_seed(seed, step, p))
-            decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
-            view = train_view(image, self.recipe.vae.resolution, epoch, rng,
-                              aug.random_crop_min, aug.hflip, decay)  # fmt: skip
-            views.append(to_tensor(view))
-        return torch.stack(views)
+    def sample(self, index: int, seed: int, epoch: float) -> torch.Tensor:
+        aug = self.recipe.augment
+        image, _ = self.images[index]
+        decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
+        view = train_view(image, self.recipe.vae.resolution, epoch, np.random.default_rng(seed),
+                          aug.random_crop_min, aug.hflip, decay)  # fmt: skip
+        return to_tensor(view)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
