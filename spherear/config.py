@@ -126,6 +126,7 @@ class TrainConfig:
     checkpoint_every: int = bounded(5000, 1)
     keep_checkpoints: int = bounded(3, 1)
     sample_every: int = bounded(10_000, 0)  # 0: no sample grids
+    log_with: Literal["tensorboard", "wandb", "none"] = "tensorboard"
 
 
 @dataclass

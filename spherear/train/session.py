@@ -11,15 +11,23 @@ from spherear.config import Recipe, TrainConfig, recipe_to_dict
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path):
-    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU."""
+    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU;
+    TensorBoard (or wandb) tracking through Accelerate."""
     from accelerate import Accelerator, FullyShardedDataParallelPlugin
 
+    from spherear.train.loop import TrainingError
+
     cuda = torch.cuda.is_available()
-    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    tracker = None if cfg.log_with == "none" else cfg.log_with
+    if tracker and importlib.util.find_spec(tracker) is None:
+        raise TrainingError(
+            f"train.log_with = {tracker!r} but the {tracker} package is not installed; "
+            f"pip install {tracker}, or set train.log_with = 'none'"
+        )
     return Accelerator(
         cpu=not cuda,
         mixed_precision=cfg.mixed_precision if cuda else "no",
-        log_with="tensorboard" if has_tensorboard else None,
+        log_with=tracker,
         project_dir=str(run_dir),
         fsdp_plugin=FullyShardedDataParallelPlugin() if cfg.fsdp else None,
     )
