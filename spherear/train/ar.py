@@ -34,6 +34,7 @@ from spherear.train.loop import (
     check_finite,
     oom_message,
     param_groups,
+    resume,
     set_lr,
     steps_per_epoch,
     total_steps,
@@ -143,9 +144,8 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
 
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
     log = MetricsLog(run_dir, accelerator.is_main_process)
-    if (latest := checkpoints.latest()) is not None:
-        accelerator.load_state(str(latest))
-        log.truncate_after(counter.step)
+    resume(accelerator, checkpoints)
+    log.truncate_after(counter.step)
     trackers(accelerator, recipe)
 
     batches = MicroBatches(recipe, source, plan, accelerator.process_index, counter.step, total)

@@ -264,3 +264,17 @@ class StepBatches(torch.utils.data.Dataset):
 
     def sample(self, index: int, seed: int, epoch: float):
         raise NotImplementedError
+
+
+def resume(accelerator, checkpoints: Checkpoints) -> None:
+    """Load the newest complete checkpoint, if any."""
+    latest = checkpoints.latest()
+    if latest is None:
+        return
+    try:
+        accelerator.load_state(str(latest))
+    except (RuntimeError, KeyError, FileNotFoundError) as e:
+        raise TrainingError(
+            f"{latest}: cannot resume from it ({' '.join(str(e).split())[:160]}); it was "
+            "written by another version or setup of spherear: use another run.output_dir"
+        ) from None

@@ -27,6 +27,7 @@ from spherear.train.loop import (
     check_finite,
     oom_message,
     param_groups,
+    resume,
     set_lr,
     steps_per_epoch,
     total_steps,
@@ -94,9 +95,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     accelerator.register_for_checkpointing(counter)
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
     log = MetricsLog(run_dir, accelerator.is_main_process)
-    if (latest := checkpoints.latest()) is not None:
-        accelerator.load_state(str(latest))
-        log.truncate_after(counter.step)
+    resume(accelerator, checkpoints)
+    log.truncate_after(counter.step)
     trackers(accelerator, recipe)
     held_out = torch.stack([
         to_tensor(center_crop(images[len(images) - 1 - i][0], recipe.vae.resolution))
