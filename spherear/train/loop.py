@@ -10,6 +10,7 @@ random number generator.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -72,10 +73,15 @@ def item_seed(seed: int, step: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0])
 
 
+@functools.lru_cache(maxsize=2)  # every micro-batch of an epoch shares one permutation
+def _epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + epoch))
+
+
 def global_batch_items(num_items: int, plan: BatchPlan, seed: int, step: int, per_epoch: int):
     """Dataset indices of global step ``step``: epoch-wise random order, no repeats."""
     epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + epoch))
+    order = _epoch_order(num_items, seed, epoch)
     start = offset * plan.global_batch
     return order[start : start + plan.global_batch].tolist(), epoch + offset / per_epoch
 
