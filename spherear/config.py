@@ -185,6 +185,24 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What ``eval-fid`` compares samples with when no ``--ref`` is given: an ADM reference
+    batch (``VIRTUAL_imagenet256_labeled.npz``), a samples-style ``.npz`` or a prepared
+    dataset; and the Inception weights file (empty = the standard cache location)."""
+
+    reference: str = ""
+    inception_weights: str = ""
+
+
+@dataclass
+class HubConfig:
+    """Where ``push-to-hub`` publishes a run when no ``--repo-id`` is given."""
+
+    repo_id: str = ""
+    license: str = "mit"
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -195,6 +213,8 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 # ---------------------------------------------------------------------------------------
