@@ -2,8 +2,9 @@
 VENV_DIR ?= .venv
 PYTHON ?= python3
 PY := $(VENV_DIR)/bin/python
+SPHEREAR := $(VENV_DIR)/bin/spherear
 
-.PHONY: test lint install
+.PHONY: test lint install quickstart
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_DIR)
@@ -17,3 +18,15 @@ test: install
 lint: install
 	$(VENV_DIR)/bin/ruff check .
 	$(VENV_DIR)/bin/ruff format --check .
+
+# The whole pipeline on the embedded synthetic set, at 32x32 on the CPU: the same commands
+# the README walks through. Rerunning it reuses or resumes every finished step.
+quickstart: install
+	$(SPHEREAR) prepare-data --recipe recipes/tiny.toml --num-proc 2
+	$(SPHEREAR) train-vae --recipe recipes/tiny_vae.toml
+	$(SPHEREAR) cache-latents --recipe recipes/tiny.toml
+	$(SPHEREAR) train-ar --recipe recipes/tiny.toml
+	$(SPHEREAR) sample --n 200
+	$(SPHEREAR) eval-probe
+	$(SPHEREAR) eval-fid || echo "eval-fid skipped: it needs the Inception weights (see README)"
+	$(SPHEREAR) runs

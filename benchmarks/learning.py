@@ -6,9 +6,8 @@ Phases: prepare-data (synthetic, 32px) -> train-vae for --vae-steps (default --s
 cache-latents with that VAE -> train-ar for --steps. A rerun with more --vae-steps in the
 same workdir resumes the VAE run and caches and trains the AR anew. Prints JSON: each
 curve at a few steps, the VAE's L1 drop from step 1 to step --steps (target >= 50%) and the
-AR flow loss drop between 10-step means at both ends (target >= 30%). The VAE's LPIPS
-backbone is random here (no VGG weights offline), and the discriminator stays off (as in
-the paper's first 20k steps).
+AR flow loss drop between 10-step means at both ends (target >= 30%). The VAE trains as
+recipes/tiny_vae.toml says: L1 + KL, no LPIPS or discriminator at this scale.
 """
 
 from __future__ import annotations
@@ -46,6 +45,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--vae-set", action="append", default=[], help="VAE recipe override")
+    parser.add_argument("--ar-set", action="append", default=[], help="AR recipe override")
     args = parser.parse_args()
     w = args.workdir
     vae_steps = args.vae_steps or args.steps
@@ -60,11 +61,9 @@ def main() -> None:
                     progress=False)  # fmt: skip
     timings["prepare_s"] = time.time() - t  # reused when the workdir already has it
 
-    vae_recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [
-        *common, f"run.output_dir={w / 'vae'}", "vae_loss.perceptual_random=true",
-        f"train.max_steps={vae_steps}", f"train.checkpoint_every={args.steps}",
-        "vae_loss.disc_start=1000000", "train.global_batch_size=16", "train.micro_batch_size=16",
-        "train.lr=1e-3", "train.warmup_steps=20", "train.lr_schedule=constant",
+    vae_recipe = load_recipe(ROOT / "recipes" / "tiny_vae.toml", [
+        *common, f"run.output_dir={w / 'vae'}", f"train.max_steps={vae_steps}",
+        f"train.checkpoint_every={args.steps}", *args.vae_set,
     ])  # fmt: skip
     t = time.time()
     export = train_vae(vae_recipe, progress=False)
@@ -72,7 +71,7 @@ def main() -> None:
 
     ar_recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [
         *common, f"run.output_dir={ar_dir}", f"train.vae_checkpoint={export}",
-        f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}",
+        f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}", *args.ar_set,
     ])  # fmt: skip
     t = time.time()
     cache_latents(ar_recipe, load_checkpoint(export).vae, export, w / "data", latents,

@@ -10,6 +10,10 @@ import typer
 
 from spherear import __version__
 from spherear.cli import data, info, train
+from spherear.cli import evaluate as evaluate_cli
+from spherear.cli import hub as hub_cli
+from spherear.cli import probe as probe_cli
+from spherear.cli import sample as sample_cli
 
 app = typer.Typer(
     name="spherear",
@@ -36,10 +40,15 @@ def _root(
 
 
 app.command("info")(info.info)
+app.command("runs")(info.runs)
 app.command("prepare-data")(data.prepare_data)
 app.command("cache-latents")(data.cache_latents)
 app.command("train-vae")(train.train_vae)
 app.command("train-ar")(train.train_ar)
+app.command("push-to-hub")(hub_cli.push_to_hub)
+app.command("eval-fid")(evaluate_cli.eval_fid)
+app.command("sample")(sample_cli.sample)
+app.command("eval-probe")(probe_cli.eval_probe)
 
 
 def main() -> None:

@@ -53,8 +53,15 @@ def prepare_data(
 
 @user_errors
 def cache_latents(
-    recipe: Path = typer.Option(..., "--recipe", "-r", help="The recipe (its [vae], [cache])."),
-    vae: Path = typer.Option(..., "--vae", help="A spherear export or the authors' vae.pt."),
+    recipe: Path = typer.Option(
+        ..., "--recipe", "-r", help="The recipe (its vae, cache and data sections)."
+    ),
+    vae: str | None = typer.Option(
+        None,
+        "--vae",
+        help="A spherear export or the authors' vae.pt (default: the recipe's "
+        "train.vae_checkpoint).",
+    ),
     data: Path | None = typer.Option(
         None, "--data", help="A folder made by prepare-data (default: the recipe's data.prepared)."
     ),
@@ -75,6 +82,9 @@ def cache_latents(
     from spherear.data.latent_cache import cache_latents as run
 
     resolved = load_recipe(recipe, overrides)
+    vae = vae or resolved.train.vae_checkpoint
+    if not vae:
+        raise CacheError(f"{recipe}: no train.vae_checkpoint; pass --vae with a trained S-VAE")
     loaded = load_checkpoint(vae)
     if loaded.recipe.vae != resolved.vae:
         raise CacheError(

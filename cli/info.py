@@ -15,11 +15,15 @@ def info(
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a recipe value, e.g. --set train.lr=1e-4 (repeatable)."
     ),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", "-c", help="An authors' .pt or a spherear export folder."
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", "-c", help="An authors' .pt, a spherear export folder or hf://..."
     ),
 ) -> None:
     """Print a recipe resolved with its parameter counts, or describe a checkpoint."""
+    if checkpoint is not None:  # a hub address that cannot be fetched fails before torch loads
+        from spherear.hub_files import resolve
+
+        resolve(checkpoint)
     # torch loads here, not at start-up, so `spherear --help` and fast failures stay fast
     from spherear.checkpoints import inspect_checkpoint
     from spherear.config import load_recipe, recipe_to_toml
@@ -40,3 +44,20 @@ def info(
     typer.echo("# parameters (millions, counted on the meta device)")
     for part, n in count_parameters(resolved).items():
         typer.echo(f"{part:<16}{n / 1e6:8.1f}M")
+
+
+@user_errors
+def runs(
+    root: Path = typer.Argument(Path("runs"), help="Where the recipes put their runs."),
+) -> None:
+    """List the runs under ROOT and what they produced: exports, loss curves, grids,
+    sample sets and their metrics."""
+    from spherear.runs import run_outputs
+
+    found = run_outputs(root)
+    if not found:
+        typer.echo(f"no runs under {root}/ yet; start one with `spherear train-vae`")
+    for run, outputs in found.items():
+        typer.echo(run)
+        for what, path in outputs.items():
+            typer.echo(f"  {what + ':':<34} {path}")

@@ -12,6 +12,9 @@ The authors' files are ``torch.save`` dicts with ``model``, ``ema``, ``args`` (a
 ``argparse.Namespace``) and training state. They are read with ``weights_only=True`` so
 that no code runs while unpickling. Their key names differ from ours in four places only,
 listed in ``AUTHORS_KEY_RENAMES``.
+
+``load_checkpoint`` and ``inspect_checkpoint`` also take ``hf://USER/REPO[@REVISION][/FILE]``
+addresses (``spherear.hub_files``), read from the Hugging Face cache like any local path.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from spherear.config import (
     save_recipe,
 )
 from spherear.errors import SpherearError
+from spherear.hub_files import resolve
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
 from spherear.models.registry import AR_SIZES
@@ -387,15 +391,29 @@ def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
 
 
 def load_checkpoint(path: str | Path, weights: str = "ema") -> Loaded:
-    """Our export folder or an authors' ``.pt``, whichever ``path`` is."""
-    if _our_folder(Path(path)) is not None:
-        return load_pretrained(path, weights)
-    return load_authors_checkpoint(path, "ema" if weights == "ema" else "model")
+    """Our export folder or an authors' ``.pt``, whichever ``path`` is; either may be an
+    ``hf://USER/REPO[@REVISION][/FILE]`` address, whose pinned commit the description names."""
+    local, pinned = resolve(path)
+    if _our_folder(local) is not None:
+        loaded = load_pretrained(local, weights)
+    else:
+        loaded = load_authors_checkpoint(local, "ema" if weights == "ema" else "model")
+    if pinned is not None:
+        loaded.description = f"{pinned}, cached as {loaded.description}"
+    return loaded
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
-    """What a file holds, read from its keys and shapes without building a model."""
-    path = Path(path)
+    """What a file (or ``hf://`` address) holds, read from its keys and shapes without
+    building a model."""
+    local, pinned = resolve(path)
+    info = _inspect_local(local)
+    if pinned is not None:
+        info.path = pinned
+    return info
+
+
+def _inspect_local(path: Path) -> CheckpointInfo:
     folder = _our_folder(path)
     if folder is not None:
         config, recipe = _read_config(folder)

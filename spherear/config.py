@@ -141,6 +141,10 @@ class VAELossConfig:
     # LPIPS-VGG backbone: a torchvision VGG16 weights file; empty = torch's hub cache
     perceptual_weights: str = ""
     perceptual_random: bool = False  # random VGG, for tests only: never for real training
+    # kappa of the untrained posterior; 0 keeps the default init (kappa ~ 1.7, nearly uniform).
+    # Short runs set it higher: kappa grows by small steps, and diffuse posteriors blur
+    # reconstructions and make noisy targets for the AR model.
+    initial_kappa: float = bounded(0.0, 0)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from spherear.config import CacheConfig, Recipe, recipe_to_dict
 from spherear.data.prepare import read_info, shard_files
 from spherear.data.transforms import center_crop, random_crop, to_tensor
 from spherear.errors import SpherearError
+from spherear.hub_files import resolve
 from spherear.models.power_spherical import PowerSpherical
 from spherear.models.vae import SphericalVAE
 
@@ -51,7 +52,7 @@ class CacheError(SpherearError):
 
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of a checkpoint: the file, or a folder's safetensors and config files."""
-    path = Path(path)
+    path = resolve(path)[0]  # an hf:// address: its copy in the Hugging Face cache
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.suffix in (".safetensors", ".json")
     )  # fmt: skip

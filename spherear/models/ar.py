@@ -12,7 +12,7 @@ token fed back to the trunk or to the VAE decoder lies on the sphere the VAE was
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -154,9 +154,13 @@ class SphereAR(nn.Module):
         cfg_schedule: str = "linear",
         steps: int = 100,
         sampler: str = "sde",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """Latent tokens (B, N, latent_dim) on the sphere for class ``labels`` (B,)."""
+        """Latent tokens (B, N, latent_dim) on the sphere for class ``labels`` (B,).
+
+        ``generator`` may be a list of B generators, one per row: row j then draws all its
+        noise from generator j, so its tokens do not depend on which rows share its batch.
+        """
         if sampler not in ("sde", "ode"):
             raise ValueError(f"unknown sampler '{sampler}'; use 'sde' or 'ode'")
         B = len(labels)
@@ -174,9 +178,9 @@ class SphereAR(nn.Module):
                 v_cond, v_uncond = self.head(x.repeat(2, 1), t.repeat(2), z).float().chunk(2)
                 return v_uncond + scales[i] * (v_cond - v_uncond)
 
-            noise = torch.randn(B, self.latent_dim, device=labels.device, generator=generator)
+            noise, eps = self._draw_noise(B, steps if sampler == "sde" else 0, generator, labels)
             if sampler == "sde":
-                x = sample_sde(velocity, noise, steps, generator=generator)
+                x = sample_sde(velocity, noise, steps, generator=generator, eps=eps)
             else:
                 x = sample_ode(velocity, noise, steps)
             out[:, i] = to_sphere(x)  # after CFG: guidance changes the norm, not the sphere
@@ -184,3 +188,21 @@ class SphereAR(nn.Module):
 
         self.decode_loop(rows, choose)
         return out
+
+    def _draw_noise(
+        self,
+        rows: int,
+        steps: int,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+        like: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A token's starting noise (rows, latent_dim) and, with per-row generators, the
+        normals of its ``steps`` SDE steps (steps, rows, latent_dim), drawn row by row."""
+        if generator is None or isinstance(generator, torch.Generator):
+            shape = (rows, self.latent_dim)
+            return torch.randn(shape, device=like.device, generator=generator), None
+        shape = (1 + steps, self.latent_dim)
+        draws = torch.stack(
+            [torch.randn(shape, device=like.device, generator=g) for g in generator], 1
+        )
+        return draws[0], draws[1:]

@@ -41,12 +41,14 @@ def sample_sde(
     steps: int = 100,
     t_end: float = 0.96,
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler-Maruyama over [0, t_end] with diffusion (1 - t), then one Euler step to t = 1.
 
     With x_t = (1 - t) noise + t x the score is (t v - x) / (1 - t); the SDE whose marginals
     match the flow adds (1 - t) * score to the drift and sqrt(2 (1 - t) dt) noise per step.
-    The last Euler step avoids dividing by 1 - t near t = 1.
+    The last Euler step avoids dividing by 1 - t near t = 1. ``eps`` (steps, *noise.shape)
+    are the steps' standard normals when drawn elsewhere, else they come from ``generator``.
     """
     x = noise.float()
     dt = t_end / steps
@@ -55,8 +57,8 @@ def sample_sde(
         v = velocity(x, _time(x, t)).float()
         score = (t * v - x) / (1 - t)
         drift = v + (1 - t) * score
-        eps = torch.randn(x.shape, device=x.device, generator=generator)
-        x = x + drift * dt + math.sqrt(2 * (1 - t) * dt) * eps
+        e = torch.randn(x.shape, device=x.device, generator=generator) if eps is None else eps[i]
+        x = x + drift * dt + math.sqrt(2 * (1 - t) * dt) * e
     return x + velocity(x, _time(x, t_end)).float() * (1 - t_end)
 
 

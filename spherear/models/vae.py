@@ -153,6 +153,15 @@ class SphericalVAE(nn.Module):
         self.quant_proj = nn.Linear(cfg.width, cfg.latent_dim + 1)
         self.post_quant_proj = nn.Linear(cfg.latent_dim, cfg.width, bias=False)
 
+    @torch.no_grad()
+    def init_kappa(self, kappa: float) -> None:
+        """Start every posterior near concentration ``kappa`` (> 1): the inverse of the
+        softplus + 1 in ``encode``, put in the bias of the kappa output."""
+        if kappa <= 1:
+            raise ValueError(f"kappa must be above 1, got {kappa}")
+        y = kappa - 1.0  # softplus^-1(y) = log(e^y - 1), written not to overflow
+        self.quant_proj.bias[-1] = y + math.log(-math.expm1(-y))
+
     def encode(self, images: torch.Tensor) -> SphericalPosterior:
         """images (B, 3, H, W) in [-1, 1] -> posterior over (B, num_tokens, latent_dim)."""
         features = self.encoder(images)

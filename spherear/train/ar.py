@@ -23,6 +23,7 @@ from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_ar
 from spherear.models.power_spherical import PowerSpherical
+from spherear.train.curves import plot_curves
 from spherear.train.loop import (
     EMA,
     BatchPlan,
@@ -199,6 +200,7 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     if accelerator.is_main_process:
         ema_state = ema.full_state(raw)
         save_pretrained(export, recipe, vae.cpu(), ema_state, raw.state_dict())
+        plot_curves(run_dir, ("loss", "lr", "grad_norm"))
         _sample_grid(recipe, accelerator, model, ema, vae, run_dir, counter.step)
     accelerator.wait_for_everyone()
     accelerator.end_training()

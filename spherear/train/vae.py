@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import save_pretrained
-from spherear.config import Recipe, save_recipe
+from spherear.config import Recipe, RecipeError, save_recipe
 from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import center_crop, to_tensor, train_view
 from spherear.models import build_vae
+from spherear.train.curves import plot_curves
 from spherear.train.loop import (
     BatchPlan,
     Checkpoints,
@@ -75,6 +76,9 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     from tqdm import tqdm
 
     cfg, loss_cfg = recipe.train, recipe.vae_loss
+    if 0 < loss_cfg.initial_kappa <= 1:
+        raise RecipeError(f"vae_loss.initial_kappa must be 0 (default init) or above 1, got "
+                          f"{loss_cfg.initial_kappa}")  # fmt: skip
     run_dir = Path(recipe.run.output_dir)
     check_resume(recipe, run_dir)
     accelerator = make_accelerator(cfg, run_dir)
@@ -87,7 +91,10 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
 
     torch.manual_seed(recipe.run.seed)
     vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
-    lpips = perceptual_loss(loss_cfg).to(accelerator.device)
+    if loss_cfg.initial_kappa:
+        vae.init_kappa(loss_cfg.initial_kappa)
+    # weight 0 (the tiny recipe) needs no VGG weights at all
+    lpips = perceptual_loss(loss_cfg).to(accelerator.device) if loss_cfg.perceptual_weight else None
     opt = torch.optim.AdamW(param_groups(vae, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.AdamW(param_groups(disc, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     counter = Counter()
@@ -122,13 +129,14 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
                 recon, posterior = vae(x)
                 parts = {
                     "l1": (recon.float() - x).abs().mean(),
-                    "lpips": lpips(recon.float(), x).mean(),
                     "kl": posterior.kl().mean(),
                 }
+                if lpips is not None:
+                    parts["lpips"] = lpips(recon.float(), x).mean()
                 parts["g"] = hinge_g_loss(disc(recon)) if adversarial else torch.zeros(())
                 weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
                            "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
-                loss = sum(w * parts[name] for name, w in weights.items())
+                loss = sum(w * parts[name] for name, w in weights.items() if name in parts)
                 accelerator.backward(loss / plan.accumulation)
             if adversarial:
                 with (contextlib.nullcontext() if last_micro else accelerator.no_sync(disc)), \
@@ -170,6 +178,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     export = run_dir / "export"
     if accelerator.is_main_process:
         save_pretrained(export, recipe, accelerator.unwrap_model(vae).cpu())
+        plot_curves(run_dir, ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr"))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export

@@ -50,3 +50,13 @@ def test_posterior_is_fp32_under_bf16_autocast(tiny_recipe):
         recon = vae.decode(z)
     assert posterior.mu.dtype == posterior.kappa.dtype == z.dtype == torch.float32
     assert recon.dtype == torch.bfloat16 and torch.isfinite(recon.float()).all()
+
+
+def test_init_kappa_starts_the_posteriors_at_that_concentration(tiny_recipe):
+    vae = SphericalVAE(tiny_recipe.vae)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert vae.encode(x).kappa.median() < 3  # the default init: nearly uniform
+    for target in (200.0, 5000.0):
+        vae.init_kappa(target)
+        kappa = vae.encode(x).kappa
+        assert torch.allclose(kappa, torch.full_like(kappa, target), rtol=0.01)

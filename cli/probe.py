@@ -1,0 +1,60 @@
+"""``spherear eval-probe``: class-consistency and FD_probe of samples under a small
+classifier trained on the generator's own data, for small images where no Inception weights
+exist (the tiny/synthetic setting). Not FID."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from spherear.cli.errors import user_errors
+
+
+@user_errors
+def eval_probe(
+    samples: Path | None = typer.Argument(
+        None,
+        help="Samples .npz (arr_0: N x H x W x 3 uint8) with labels.npy beside it; default: "
+        "the newest in runs/.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="The prepared dataset the probe trains on (default: data.prepared of the "
+        "samples' run).",
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Where to write the results (default: eval-probe.json beside SAMPLES)."
+    ),
+) -> None:
+    """Score samples with a small CNN trained on the dataset (once, on CPU; cached in
+    DATA/probe/): the share classified as their conditioning class (probe class-consistency)
+    and the Fréchet distance of its features to held-out real images (FD_probe, not FID)."""
+    from spherear.errors import SpherearError
+    from spherear.eval.probe import evaluate, format_table
+    from spherear.runs import latest_samples, samples_recipe
+
+    if samples is None:
+        samples = latest_samples()
+        typer.echo(f"samples: {samples} (the newest under runs/)")
+    if data is None:
+        recipe, recipe_path = samples_recipe(samples)
+        if recipe is None:
+            raise SpherearError(
+                f"no dataset for {samples}: it is not in a run folder with a recipe.toml; pass "
+                "--data (a folder made by `spherear prepare-data`)"
+            )
+        data = Path(recipe.data.prepared)
+        typer.echo(f"data: {data} (data.prepared in {recipe_path})")
+    report = evaluate(samples, data)
+    out = json_out or samples.parent / "eval-probe.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, out)
+    typer.echo(format_table(report))
+    for warning in report["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,84 @@
+"""``spherear sample``: class-conditional samples of a trained model, as an ADM ``.npz``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from spherear.cli.errors import user_errors
+
+
+@user_errors
+def sample(
+    n: int = typer.Option(
+        ...,
+        "--n",
+        "--num-images",
+        min=1,
+        help="How many images (50000 for FID). Under torchrun or accelerate launch write "
+        "--num-images: their own options make --n ambiguous to them.",
+    ),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="A run folder, an export, an authors' .pt or an hf:// address "
+        "(default: the newest train-ar run under runs/).",
+    ),
+    cfg: float | None = typer.Option(
+        None, "--cfg", min=0, help="Guidance scale; 1 = off (default: the recipe's)."
+    ),
+    cfg_schedule: Literal["linear", "constant"] | None = typer.Option(
+        None, "--cfg-schedule", help="Guidance per token (default: the recipe's)."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Head sampler steps (default: the recipe's)."
+    ),
+    sampler: Literal["sde", "ode"] | None = typer.Option(
+        None, "--sampler", help="Head sampler (default: the recipe's)."
+    ),
+    labels: Literal["balanced", "random"] = typer.Option(
+        "balanced",
+        "--labels",
+        help="balanced: n / num_classes per class; random: uniform, as the authors did.",
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Image i depends on (seed, i) only."),
+    batch_size: int = typer.Option(
+        100, "--batch-size", min=1, help="Images per chunk and per forward pass (a setting)."
+    ),
+    weights: Literal["ema", "raw"] = typer.Option("ema", "--weights", help="EMA or raw weights."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: <run>/samples/<settings tag>)."
+    ),
+) -> None:
+    """Sample N images to samples.npz (arr_0: N x H x W x 3 uint8), labels.npy and grid.png.
+    Resumable: rerun the same command after an interruption. The bytes do not depend on the
+    number of processes; multi-GPU and multi-node with `accelerate launch` or `torchrun`."""
+    if checkpoint is not None:  # a hub address that cannot be fetched fails before torch loads
+        from spherear.hub_files import resolve
+
+        resolve(checkpoint)
+    import torch
+    from accelerate import Accelerator
+
+    from spherear.checkpoints import load_checkpoint
+    from spherear.sample import Plan, default_out, find_checkpoint, sample_images
+
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    say = typer.echo if accelerator.is_main_process else lambda _: None
+    source = find_checkpoint(checkpoint)
+    if checkpoint is None:
+        say(f"sampling the newest train-ar run: {source.run}")
+    loaded = load_checkpoint(source.checkpoint, weights)
+    plan = Plan.from_recipe(
+        loaded.recipe.sample, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps,
+        sampler=sampler, labels=labels, seed=seed, batch_size=batch_size, weights=weights,
+    )  # fmt: skip
+    out = out or default_out(source, plan)
+    say(f"{loaded.description}: {plan.tag}, batch {plan.batch_size}, "
+        f"{accelerator.num_processes} process(es) -> {out}")  # fmt: skip
+    result = sample_images(loaded, plan, out, accelerator)
+    say(result.summary())

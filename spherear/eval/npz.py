@@ -1,0 +1,187 @@
+"""The inputs of ``eval-fid``: ADM-style ``.npz`` files and prepared datasets, read in
+slices so that 50,000 images never have to sit in memory (or in every process) at once.
+
+A samples ``.npz`` holds ``arr_0`` (N x H x W x 3 uint8, RGB); an ADM reference batch adds
+``mu``/``sigma`` (pool features) and ``mu_s``/``sigma_s`` (spatial features).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spherear.errors import SpherearError
+
+LAYOUT = "expected arr_0 = N x H x W x 3 uint8 RGB images, as `spherear sample` writes"
+# ADM's stored statistics and their shapes: Inception pool (2048) and spatial (2023) features
+STAT_SHAPES = {"mu": (2048,), "sigma": (2048, 2048), "mu_s": (2023,), "sigma_s": (2023, 2023)}
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.is_file():
+        raise SpherearError(f"{path}: no such file; {LAYOUT}")
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise SpherearError(f"{path}: not an .npz file (not a zip archive); {LAYOUT}") from None
+
+
+class NpzImages:
+    """``arr_0`` of an ``.npz``, validated and read by index range: memory-mapped when the
+    archive stores it uncompressed (``np.savez``, ADM's files), else loaded whole."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with _open_zip(self.path) as archive:
+            if "arr_0.npy" not in archive.namelist():
+                keys = ", ".join(n.removesuffix(".npy") for n in archive.namelist()) or "none"
+                raise SpherearError(f"{self.path}: no arr_0 array (it holds {keys}); {LAYOUT}")
+            info = archive.getinfo("arr_0.npy")
+            with archive.open(info) as f:
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(np.lib.format.read_magic(f))
+                if read_header is None:
+                    raise SpherearError(f"{self.path}: arr_0 is not a readable .npy; {LAYOUT}")
+                shape, fortran, dtype = read_header(f)
+                header_size = f.tell()
+        if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran:
+            raise SpherearError(
+                f"{self.path}: arr_0 is {dtype} with shape {tuple(shape)}"
+                f"{' (Fortran order)' if fortran else ''}; {LAYOUT}"
+            )
+        self.shape: tuple[int, int, int, int] = tuple(shape)
+        self._stored = info.compress_type == zipfile.ZIP_STORED
+        self._offset = self._data_offset(info) + header_size if self._stored else 0
+        self._array: np.ndarray | None = None
+        self._sha256: str | None = None
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where a stored member's bytes start: after its local header, whose name and
+        extra-field lengths may differ from the central directory's."""
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            header = f.read(30)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        return info.header_offset + 30 + name_len + extra_len
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.shape[1], self.shape[2]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start`` to ``stop`` (exclusive), N x H x W x 3 uint8."""
+        row = int(np.prod(self.shape[1:]))
+        if self._stored:
+            images = np.memmap(self.path, np.uint8, "r", self._offset, (len(self) * row,))
+            return np.array(images[start * row : stop * row]).reshape(-1, *self.shape[1:])
+        if self._array is None:  # compressed (np.savez_compressed): no slicing in place
+            with np.load(self.path) as f:
+                self._array = f["arr_0"]
+        return self._array[start:stop]
+
+    def cache_key(self) -> str:
+        if self._sha256 is None:  # hashing 10 GB takes seconds: once per evaluation
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
+
+
+class PreparedReference:
+    """A folder made by ``prepare-data``, centre-cropped (ADM's crop) to the samples'
+    resolution."""
+
+    def __init__(self, folder: str | Path, size: int):
+        from spherear.data.prepare import PreparedImages, read_info, shard_files
+
+        self.folder, self.size = Path(folder), size
+        self.info = read_info(folder)
+        self.images = PreparedImages(folder)
+        # the folder's content changes only by re-preparing, which rewrites info.json and
+        # the shards; hashing gigabytes of Parquet for every evaluation would be wasteful
+        identity = {
+            "info": self.info,
+            "shards": [(f.name, f.stat().st_size) for f in shard_files(folder)],
+            "crop": size,
+        }
+        self._key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        from spherear.data.transforms import center_crop
+
+        return np.stack(
+            [np.asarray(center_crop(self.images[i][0], self.size)) for i in range(start, stop)]
+        )
+
+    def cache_key(self) -> str:
+        return self._key
+
+
+@dataclass
+class Reference:
+    """What ``--ref`` resolved to: images (if any) and any stored statistics."""
+
+    path: Path
+    images: NpzImages | PreparedReference | None
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``PATH (what it holds)``: the path first, so a model card can keep its file name."""
+        parts = [f"{len(self.images)} images" if self.images is not None else "no images"]
+        if isinstance(self.images, PreparedReference):
+            parts.insert(0, f"prepared dataset, centre crop {self.images.size}")
+        if self.stats:
+            parts.append(f"stored {'/'.join(self.stats)}")
+        return f"{self.path} ({', '.join(parts)})"
+
+
+def open_reference(path: str | Path, resolution: tuple[int, int]) -> Reference:
+    """An ADM reference batch, a samples-style ``.npz`` or a prepared dataset folder,
+    checked against the samples' ``resolution``."""
+    path = Path(path)
+    if path.is_dir():
+        if resolution[0] != resolution[1]:
+            raise SpherearError(f"samples are {resolution[0]}x{resolution[1]}; need square")
+        return Reference(path, PreparedReference(path, resolution[0]))
+    with _open_zip(path) as archive:
+        names = {n.removesuffix(".npy") for n in archive.namelist()}
+    stats = {}
+    if {"mu", "sigma"} <= names:
+        with np.load(path) as f:
+            stats = {k: f[k].astype(np.float64) for k in STAT_SHAPES if k in names}
+        wrong = [f"{k} {v.shape}" for k, v in stats.items() if v.shape != STAT_SHAPES[k]]
+        if wrong:
+            raise SpherearError(
+                f"{path}: stored statistics of the wrong shape ({', '.join(wrong)}); an ADM "
+                "reference holds mu (2048), sigma (2048 x 2048), mu_s (2023), sigma_s (2023 x 2023)"
+            )
+    if "arr_0" not in names and stats:
+        return Reference(path, None, stats)
+    images = NpzImages(path)
+    if images.resolution != resolution:
+        raise SpherearError(
+            f"{path}: reference images are {images.shape[1]}x{images.shape[2]} but the samples "
+            f"are {resolution[0]}x{resolution[1]}; use a reference at the samples' resolution"
+        )
+    return Reference(path, images, stats)

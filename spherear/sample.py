@@ -1,0 +1,412 @@
+"""sample: class-conditional sampling to an ADM-format ``.npz``, sharded and resumable.
+
+Image i depends only on (seed, i) and the settings: its label (``random``) and every noise
+draw of its tokens come from streams seeded by (seed, i), so neither the number of processes
+nor an interruption changes it. The images are made in chunks of ``batch_size`` consecutive
+indices (the batch shape can change the rounding of the matmuls, so it is a setting too),
+dealt round-robin to the processes. The output folder holds::
+
+    settings.json   what is sampled; written first, a rerun must match it
+    chunks/         the finished chunks while the run is unfinished
+    labels.npy      int64 (N,)
+    grid.png        one row per class, up to 16 classes x 8 images
+    samples.npz     arr_0: N x H x W x 3 uint8; written last, so it marks a complete run
+
+Every file is written under a temporary name and renamed when whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spherear.checkpoints import Loaded
+from spherear.config import SampleConfig
+from spherear.errors import SpherearError
+from spherear.hub_files import parse_address
+from spherear.runs import latest_run
+
+SETTINGS = "settings.json"
+# bump when the streams, the chunking or the quantisation change, so old chunks never mix in
+SCHEME = 1
+LABEL_STREAM, NOISE_STREAM = 0, 1
+GRID_CLASSES, GRID_PER_CLASS = 16, 8
+
+
+class SampleError(SpherearError):
+    """Sampling cannot start or continue; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to sample; with the weights and the device, this fixes every output byte."""
+
+    n: int
+    cfg: float
+    cfg_schedule: str
+    steps: int
+    sampler: str
+    labels: str = "balanced"
+    seed: int = 0
+    batch_size: int = 100
+    weights: str = "ema"
+
+    @classmethod
+    def from_recipe(cls, defaults: SampleConfig, n: int, **given) -> Plan:
+        """``given`` values that are None fall back to the recipe's ``[sample]`` section."""
+        for key in ("cfg", "cfg_schedule", "steps", "sampler"):
+            if given.get(key) is None:
+                given[key] = getattr(defaults, key)
+        return cls(n=n, **{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def tag(self) -> str:
+        """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0."""
+        raw = "-raw" if self.weights == "raw" else ""
+        return (
+            f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{self.steps}-{self.sampler}-"
+            f"{self.labels}-seed{self.seed}{raw}"
+        )
+
+
+@dataclass
+class Source:
+    """The checkpoint to load (a local path or an hf:// address) and the run it belongs to."""
+
+    checkpoint: str
+    run: Path | None = None
+
+
+@dataclass
+class Result:
+    out: Path
+    n: int
+    chunks_per_process: list[int]  # chunks sampled by this invocation, by process
+    reused: int  # chunks found finished from an earlier, interrupted invocation
+    seconds: float
+
+    def summary(self) -> str:
+        if not any(self.chunks_per_process) and not self.reused:
+            return f"{self.out / 'samples.npz'} was already complete ({self.n} images)"
+        return (
+            f"{self.n} images in {self.out / 'samples.npz'} ({self.seconds:.1f} s; chunks "
+            f"sampled per process: {self.chunks_per_process}; {self.reused} reused)"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Where from, where to
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "recipe.toml").is_file() and (path / "export" / "config.json").is_file()
+
+
+def find_checkpoint(checkpoint: str | None, runs: str | Path = "runs") -> Source:
+    """A run folder (its export), an export, an authors' file or an hf:// address; without
+    one, the newest AR run under ``runs``."""
+    if checkpoint is None:
+        run = latest_run(runs, kind="ar")
+        return Source(str(run / "export"), run)
+    if parse_address(checkpoint) is not None:
+        return Source(checkpoint)
+    path = Path(checkpoint)
+    if _is_run(path):
+        return Source(str(path / "export"), path)
+    in_run = _is_run(path.parent) and path.resolve() == (path.parent / "export").resolve()
+    return Source(checkpoint, path.parent if in_run else None)
+
+
+def default_out(source: Source, plan: Plan) -> Path:
+    """``<run>/samples/<tag>``; for a checkpoint outside a run, ``samples/<name>-<tag>``
+    beside it (in the working folder for an hf:// address)."""
+    if source.run is not None:
+        return source.run / "samples" / plan.tag
+    address = parse_address(source.checkpoint)
+    if address is not None:
+        return Path("samples") / f"{Path(address.path or address.repo_id).stem}-{plan.tag}"
+    path = Path(source.checkpoint)
+    return path.parent / "samples" / f"{path.stem}-{plan.tag}"
+
+
+# ---------------------------------------------------------------------------------------
+# Labels and noise: functions of (seed, i) alone
+
+
+def _stream_seed(seed: int, index: int, stream: int) -> int:
+    # SeedSequence mixes the triple, so neighbouring (seed, i) give unrelated streams
+    return int(np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0])
+
+
+def class_labels(n: int, num_classes: int, mode: str, seed: int) -> np.ndarray:
+    """``balanced``: image i has class i mod num_classes, so n / num_classes per class;
+    ``random``: uniform, as the authors sampled, each label from the stream of (seed, i)."""
+    if mode == "balanced":
+        if n % num_classes:
+            lower = n // num_classes * num_classes
+            nearest = lower if lower and n - lower <= num_classes / 2 else lower + num_classes
+            raise SampleError(
+                f"--n {n} does not split evenly over {num_classes} classes (--labels balanced); "
+                f"use --n {nearest}, or --labels random"
+            )
+        return np.arange(n, dtype=np.int64) % num_classes
+    if mode == "random":
+        return np.array(
+            [
+                np.random.default_rng([seed, i, LABEL_STREAM]).integers(num_classes)
+                for i in range(n)
+            ],
+            np.int64,
+        )
+    raise SampleError(f"--labels {mode!r}: use 'balanced' or 'random'")
+
+
+def noise_generators(seed: int, indices: range, device: torch.device) -> list[torch.Generator]:
+    """One generator per image: all the noise of image i comes from the stream of (seed, i)."""
+    return [
+        torch.Generator(device).manual_seed(_stream_seed(seed, i, NOISE_STREAM)) for i in indices
+    ]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in about [-1, 1] -> (B, H, W, 3) uint8, the authors' clamp(127.5 x + 128)
+    truncated (not rounded) to integers."""
+    scaled = (127.5 * images.float() + 128).clamp(0, 255).permute(0, 2, 3, 1)
+    return scaled.to("cpu", torch.uint8).numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# Settings
+
+
+def _weights_sha256(*models: torch.nn.Module) -> str:
+    """The identity of the weights actually used, whatever file or address they came from."""
+    digest = hashlib.sha256()
+    for model in models:
+        for key, tensor in sorted(model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    record = {
+        **asdict(plan),
+        "checkpoint": loaded.description,
+        "weights_sha256": _weights_sha256(loaded.vae, loaded.ar),
+        "device": f"{device.type}, {precision}",
+        "scheme": SCHEME,
+    }
+    return json.loads(json.dumps(record))  # as it reads back from settings.json
+
+
+# where the weights were read from may move; the weights' hash is what must match
+DESCRIPTIVE = {"checkpoint"}
+
+
+def _show(key: str, value) -> str:
+    return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else repr(value)
+
+
+def check_settings(out: Path, record: dict) -> None:
+    path = out / SETTINGS
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    keys = [k for k in {**saved, **record} if k not in DESCRIPTIVE]
+    differ = [k for k in keys if saved.get(k) != record.get(k)]
+    if differ:
+        listed = "; ".join(
+            f"{k} {_show(k, saved.get(k))} there, {_show(k, record.get(k))} now" for k in differ
+        )
+        raise SampleError(
+            f"{out} holds samples made with other settings ({listed}); pass another --out, "
+            "or the same arguments to continue it"
+        )
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    tmp.replace(final)  # the final name exists only when the file is whole
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    _replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Chunks
+
+
+def _chunk_path(out: Path, k: int) -> Path:
+    return out / "chunks" / f"chunk-{k:06d}.npz"
+
+
+def _chunk_range(plan: Plan, k: int) -> range:
+    return range(k * plan.batch_size, min(plan.n, (k + 1) * plan.batch_size))
+
+
+def sample_chunk(
+    loaded: Loaded, plan: Plan, labels: np.ndarray, indices: range, accelerator
+) -> np.ndarray:
+    """Images ``indices`` as (B, H, W, 3) uint8."""
+    device = accelerator.device
+    y = torch.as_tensor(labels[indices.start : indices.stop], device=device)
+    generators = noise_generators(plan.seed, indices, device)
+    with torch.no_grad(), accelerator.autocast():
+        tokens = loaded.ar.sample(
+            y, plan.cfg, plan.cfg_schedule, plan.steps, plan.sampler, generators
+        )
+        images = loaded.vae.decode(tokens)
+    return to_uint8(images)
+
+
+def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # a killed run leaves it; the next overwrites it
+    with open(tmp, "wb") as f:
+        np.savez(f, images=images, labels=labels)
+    _replace(tmp, path)
+
+
+def _read_chunk(path: Path, labels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """A chunk's images, if it holds ``labels`` and images of ``image_shape``."""
+    with np.load(path) as chunk:
+        images, found = chunk["images"], chunk["labels"]
+    if not np.array_equal(found, labels) or images.shape[1:] != image_shape:
+        raise SampleError(f"{path}: not a chunk of this run; delete {path.parent}/ and rerun")
+    return images
+
+
+# ---------------------------------------------------------------------------------------
+# The outputs
+
+
+def _write_npz(tmp: Path, chunks, shape: tuple[int, ...]) -> None:
+    """An ``np.savez``-compatible file with ``arr_0``, streamed chunk by chunk so that 50,000
+    images never sit in memory at once; a fixed zip timestamp makes equal arrays equal files."""
+    entry = zipfile.ZipInfo("arr_0.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    entry.external_attr = 0o600 << 16
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+              "fortran_order": False, "shape": shape}  # fmt: skip
+    with zipfile.ZipFile(tmp, "w") as zf, zf.open(entry, "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for images in chunks:
+            f.write(np.ascontiguousarray(images).tobytes())
+
+
+def _grid_indices(labels: np.ndarray) -> list[list[int]]:
+    """Up to GRID_PER_CLASS image indices for each of the first GRID_CLASSES classes."""
+    return [np.flatnonzero(labels == c)[:GRID_PER_CLASS].tolist()
+            for c in np.unique(labels)[:GRID_CLASSES]]  # fmt: skip
+
+
+def _write_grid(path: Path, rows: list[list[int]], picked: dict[int, np.ndarray]) -> None:
+    from spherear.train.session import save_grid
+
+    blank = np.full_like(next(iter(picked.values())), 128)  # short rows stay aligned
+    cells = []
+    for row in rows:
+        cells += [picked[i] for i in row] + [blank] * (GRID_PER_CLASS - len(row))
+    images = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # save_image reads the suffix
+    save_grid(images, tmp, nrow=GRID_PER_CLASS)
+    _replace(tmp, path)
+
+
+def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int) -> None:
+    tmp = out / ".labels.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, labels)
+    _replace(tmp, out / "labels.npy")
+
+    rows = _grid_indices(labels)
+    wanted = {i for row in rows for i in row}
+    picked: dict[int, np.ndarray] = {}
+    shape = (plan.n, resolution, resolution, 3)
+
+    def chunks():
+        for k in range(math.ceil(plan.n / plan.batch_size)):
+            indices = _chunk_range(plan, k)
+            expected = labels[indices.start : indices.stop]
+            images = _read_chunk(_chunk_path(out, k), expected, shape[1:])
+            picked.update({i: images[i - indices.start] for i in indices if i in wanted})
+            yield images
+
+    body = out / ".samples.npz.tmp"
+    _write_npz(body, chunks(), shape)
+    _write_grid(out / "grid.png", rows, picked)
+    _replace(body, out / "samples.npz")  # last: samples.npz marks a complete run
+    shutil.rmtree(out / "chunks")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def sample_images(
+    loaded: Loaded, plan: Plan, out: str | Path, accelerator, progress: bool = True
+) -> Result:
+    """Sample ``plan`` into ``out`` on every process of ``accelerator``, continuing the
+    finished chunks of an interrupted run with the same settings."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    if loaded.ar is None:
+        raise SampleError(
+            f"{loaded.description} holds only a VAE; sample needs a full SphereAR "
+            "(a train-ar run or export, or the authors' SphereAR_*.pt)"
+        )
+    labels = class_labels(plan.n, loaded.recipe.ar.num_classes, plan.labels, plan.seed)
+    record = settings_record(loaded, plan, accelerator.device)
+    check_settings(out, record)
+    num_chunks = math.ceil(plan.n / plan.batch_size)
+    main = accelerator.is_main_process
+    if (out / "samples.npz").is_file():
+        if main and (out / "chunks").exists():
+            shutil.rmtree(out / "chunks")  # left by a run killed just after it finished
+        return Result(out, plan.n, [0] * accelerator.num_processes, 0, 0.0)
+
+    def finished() -> int:
+        return sum(len(_chunk_range(plan, k)) for k in range(num_chunks)
+                   if _chunk_path(out, k).is_file())  # fmt: skip
+
+    start = time.perf_counter()
+    reused = sum(_chunk_path(out, k).is_file() for k in range(num_chunks))
+    bar = tqdm(total=plan.n, initial=finished(), unit="img", desc="sample",
+               disable=not (progress and main))  # fmt: skip
+    if main:
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        if not (out / SETTINGS).is_file():
+            _write_json(out / SETTINGS, record)
+    accelerator.wait_for_everyone()  # no chunk is written before every process counted
+    loaded.ar.to(accelerator.device).eval()
+    loaded.vae.to(accelerator.device).eval()
+    made = 0
+    for k in range(accelerator.process_index, num_chunks, accelerator.num_processes):
+        path = _chunk_path(out, k)
+        if path.is_file():
+            continue
+        indices = _chunk_range(plan, k)
+        images = sample_chunk(loaded, plan, labels, indices, accelerator)
+        _write_chunk(path, images, labels[indices.start : indices.stop])
+        made += 1
+        if main:  # every process's chunks count: the rate is the whole run's
+            bar.update(finished() - bar.n)
+    accelerator.wait_for_everyone()
+    bar.update(finished() - bar.n)
+    bar.close()
+    counts = accelerator.gather(torch.tensor([made], device=accelerator.device)).tolist()
+    if main:
+        _assemble(out, plan, labels, loaded.recipe.vae.resolution)
+    accelerator.wait_for_everyone()
+    return Result(out, plan.n, counts, reused, time.perf_counter() - start)
