@@ -160,6 +160,11 @@ def open_reference(path: str | Path, resolution: tuple[int, int]) -> Reference:
     """An ADM reference batch, a samples-style ``.npz`` or a prepared dataset folder,
     checked against the samples' ``resolution``."""
     path = Path(path)
+    if not path.exists():
+        raise SpherearError(
+            f"reference {path} does not exist; pass --ref with an ADM reference batch "
+            "(VIRTUAL_imagenet256_labeled.npz), a samples .npz or a prepare-data folder"
+        )
     if path.is_dir():
         if resolution[0] != resolution[1]:
             raise SpherearError(f"samples are {resolution[0]}x{resolution[1]}; need square")

@@ -10,14 +10,16 @@ from spherear.train.loop import read_metrics
 
 
 def plot_curves(run_dir: str | Path, keys: tuple[str, ...], out_name: str = "curves.png") -> Path:
-    """One panel per metric in ``keys`` that the run logged, against the step."""
+    """One panel per metric in ``keys`` that the run logged (and not only as 0), against
+    the step."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
 
     records = read_metrics(run_dir)
-    logged = [k for k in keys if any(k in r for r in records)]
+    # a loss that is switched off (the discriminator before disc_start) logs only zeros
+    logged = [k for k in keys if any(r.get(k) for r in records)]
     fig, axes = plt.subplots(1, max(1, len(logged)), figsize=(4 * max(1, len(logged)), 3),
                              squeeze=False)  # fmt: skip
     for ax, key in zip(axes[0], logged, strict=False):  # no panel when nothing was logged

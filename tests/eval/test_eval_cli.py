@@ -130,3 +130,6 @@ def test_bare_command_finds_the_latest_samples_and_the_run_reference(
     assert f"samples: {samples}" in result.stdout
     assert "reference: ref64.npz (eval.reference in runs/tiny/recipe.toml)" in result.stdout
     _one_line_error(result, "ref64.npz", "64x64")
+    missing = tmp_path / "data" / "not-prepared-yet"
+    result = eval_fid(str(samples), "--ref", str(missing), "--inception-weights", str(weights))
+    _one_line_error(result, "does not exist", "--ref", "prepare-data")
