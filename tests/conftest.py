@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +38,14 @@ def tiny_recipe() -> Recipe:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300, **popen) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``ready()`` holds (say, its first checkpoint
+    exists), as a crash or a pre-empted job would; output is discarded."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -3,7 +3,6 @@ refusals and the default paths."""
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from spherear.checkpoints import save_pretrained
 from spherear.config import load_recipe, save_recipe
 from spherear.models import build_ar, build_vae
 from spherear.sample import SampleError, class_labels, to_uint8
+
+from .conftest import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default: the same kernels in both
@@ -99,13 +100,7 @@ def test_two_processes_write_the_same_bytes_as_one(workspace, single):
 def test_a_killed_run_continues_to_the_same_bytes(workspace, single):
     out = workspace / "killed"
     cmd = [*SPHERE, "sample", "--n", str(N), "--batch-size", str(BATCH), "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (out / "chunks" / "chunk-000000.npz").exists() and time.time() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, (out / "chunks" / "chunk-000000.npz").exists, cwd=workspace, env=ENV)
     assert not (out / "samples.npz").exists(), "the run ended before it could be killed"
     kept = len(list((out / "chunks").glob("chunk-*.npz")))
     done = _sample(workspace, "--out", str(out))

@@ -2,10 +2,8 @@
 that samples the posterior afresh on every visit."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ from spherear.data.latent_cache import CacheError, LatentDataset, cache_latents,
 from spherear.data.prepare import prepare_dataset
 from spherear.models import build_vae
 from spherear.models.power_spherical import PowerSpherical
+
+from ..conftest import kill_when
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: bit-identical runs
 
@@ -62,13 +62,7 @@ def reference(setup):
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, reference):
     root, _ = setup
     out = root / "killed"
-    proc = subprocess.Popen(_cli(root, out), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while not list(out.glob("shard-*.safetensors")) and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(_cli(root, out), lambda: any(out.glob("shard-*.safetensors")), env=ENV)
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
     assert 0 < len(_shards(out)) < 7
     rerun = subprocess.run(_cli(root, out), env=ENV, capture_output=True, text=True)

@@ -1,10 +1,8 @@
 """train-ar on CPU: 2 ranks equal 1, exact resume after SIGKILL, guards."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ from spherear.data.latent_cache import cache_latents
 from spherear.data.prepare import prepare_dataset
 from spherear.models import build_vae
 from spherear.train.loop import read_metrics
+
+from ..conftest import kill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -83,12 +83,7 @@ def test_sigkill_and_resume_is_exact(workspace, straight):
     run = workspace / "killed"
     cmd = [sys.executable, "-m", "spherear", "train-ar", "--recipe",
            str(workspace / "recipe.toml"), "--set", f"run.output_dir={run}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step-00000004").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, (run / "checkpoints" / "step-00000004").exists, env=ENV)
     assert not (run / "export").exists(), "the run ended before it could be killed"
     done = _train(workspace, "killed")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,10 +1,8 @@
 """train-vae on CPU: exact resume after SIGKILL, with the discriminator switched on."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,8 @@ from safetensors.torch import load_file
 from spherear.config import load_recipe, save_recipe
 from spherear.data.prepare import prepare_dataset
 from spherear.train.loop import read_metrics
+
+from ..conftest import kill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -45,13 +45,7 @@ def test_sigkill_and_resume_is_exact(workspace):
     straight = subprocess.run(_cmd(workspace, "straight"), env=ENV, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
     run = workspace / "killed"
-    proc = subprocess.Popen(_cmd(workspace, "killed"), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step-00000004").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(_cmd(workspace, "killed"), (run / "checkpoints" / "step-00000004").exists, env=ENV)
     assert not (run / "export").exists(), "the run ended before it could be killed"
     resumed = subprocess.run(_cmd(workspace, "killed"), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
