@@ -235,14 +235,10 @@ def check_settings(out: Path, record: dict) -> None:
         )
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    tmp.replace(final)  # the final name exists only when the file is whole
-
-
 def _write_json(path: Path, value: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n")
-    _replace(tmp, path)
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,7 +272,7 @@ def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")  # a killed run leaves it; the next overwrites it
     with open(tmp, "wb") as f:
         np.savez(f, images=images, labels=labels)
-    _replace(tmp, path)
+    tmp.replace(path)
 
 
 def _read_chunk(path: Path, labels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -319,16 +315,14 @@ def _write_grid(path: Path, rows: list[list[int]], picked: dict[int, np.ndarray]
     for row in rows:
         cells += [picked[i] for i in row] + [blank] * (GRID_PER_CLASS - len(row))
     images = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # save_image reads the suffix
-    save_grid(images, tmp, nrow=GRID_PER_CLASS)
-    _replace(tmp, path)
+    save_grid(images, path, nrow=GRID_PER_CLASS)
 
 
 def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int) -> None:
     tmp = out / ".labels.npy.tmp"
     with open(tmp, "wb") as f:
         np.save(f, labels)
-    _replace(tmp, out / "labels.npy")
+    tmp.replace(out / "labels.npy")
 
     rows = _grid_indices(labels)
     wanted = {i for row in rows for i in row}
@@ -346,7 +340,7 @@ def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int) -> Non
     body = out / ".samples.npz.tmp"
     _write_npz(body, chunks(), shape)
     _write_grid(out / "grid.png", rows, picked)
-    _replace(body, out / "samples.npz")  # last: samples.npz marks a complete run
+    body.replace(out / "samples.npz")  # last: samples.npz marks a complete run
     shutil.rmtree(out / "chunks")
 
 

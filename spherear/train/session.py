@@ -44,11 +44,13 @@ def trackers(accelerator, recipe: Recipe) -> None:
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
-    """Images in [-1, 1] -> one PNG grid."""
+    """Images in [-1, 1] -> one PNG grid, which appears under its name only when whole."""
     from torchvision.utils import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(((images.float() + 1) / 2).clamp(0, 1), path, nrow=nrow)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # save_image reads the suffix
+    save_image(((images.float() + 1) / 2).clamp(0, 1), tmp, nrow=nrow)
+    tmp.replace(path)
 
 
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
