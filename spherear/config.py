@@ -50,6 +50,10 @@ class VAEConfig:
     encoder_depth: int = bounded(6, 0)
     decoder_depth: int = bounded(12, 0)
     num_registers: int = bounded(4, 0)
+    # A linear path from each pixel patch to its token and back (not in the paper's
+    # tokenizer): the code starts near a PCA of the patches, so a few hundred steps reach
+    # a usable PSNR; the CNN learns what the linear code misses.
+    patch_shortcut: bool = False
 
     @property
     def width(self) -> int:

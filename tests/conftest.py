@@ -25,6 +25,7 @@ def tiny_recipe() -> Recipe:
             "vae.num_heads=2",
             "vae.encoder_depth=1",
             "vae.decoder_depth=1",
+            "vae.num_registers=2",
             "ar.depth=2",
             "ar.num_heads=2",
             "ar.width=32",

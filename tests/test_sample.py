@@ -22,7 +22,7 @@ from .conftest import kill_when
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default: the same kernels in both
 N, BATCH = 10, 2  # five chunks, one image per class
-TAG = "n10-cfg3-linear-steps2-sde-balanced-seed0"  # cfg 3 and 2 steps: the recipe's [sample]
+TAG = "n10-cfg6-linear-steps2-sde-balanced-seed0"  # cfg 6 and 2 steps: the recipe's [sample]
 SPHERE = (sys.executable, "-m", "spherear")
 
 
@@ -115,7 +115,7 @@ def test_other_settings_into_the_same_folder_are_refused(workspace, single):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "other settings" in lines[0], done.stderr
-    assert re.search(r"cfg 3\.0 there, 2\.0 now; seed 0 there, 1 now", lines[0]), lines[0]
+    assert re.search(r"cfg 6\.0 there, 2\.0 now; seed 0 there, 1 now", lines[0]), lines[0]
     assert (single / "samples.npz").read_bytes() == before
 
 

@@ -4,6 +4,9 @@ Encoder: conv stem -> residual down blocks -> tokens -> registers + non-causal b
 RMSNorm -> linear. ``quant_proj`` maps each token to a direction (latent_dim numbers,
 l2-normalised) and a concentration. Decoder: the mirror image, fed with latents on the
 sphere of radius sqrt(latent_dim).
+
+``patch_shortcut`` (ours, off in the paper's models) adds a linear map from each token's
+pixel patch to its features, and one from the decoder's input token back to its patch.
 """
 
 from __future__ import annotations
@@ -72,12 +75,18 @@ class _RegisterTransformer(nn.Module):
         head_dim = cfg.width // cfg.num_heads
         # persistent: the authors' checkpoints carry this table, so loading them checks ours
         self.register_buffer("freqs_cis", rope_table_2d(cfg.grid_size, head_dim, cfg.num_registers))
-        self.register_token = nn.Embedding(cfg.num_registers, cfg.width)
+        # none at all rather than an empty table: checkpoint files drop empty tensors
+        self.register_token = (
+            nn.Embedding(cfg.num_registers, cfg.width) if cfg.num_registers else None
+        )
         self.layers = nn.ModuleList(Block(cfg.width, cfg.num_heads) for _ in range(depth))
 
     def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
-        registers = self.register_token.weight.expand(tokens.shape[0], -1, -1)
-        x = torch.cat([registers.to(tokens.dtype), tokens], dim=1)
+        if self.register_token is None:
+            x = tokens
+        else:
+            registers = self.register_token.weight.expand(tokens.shape[0], -1, -1)
+            x = torch.cat([registers.to(tokens.dtype), tokens], dim=1)
         for layer in self.layers:
             x = layer(x, self.freqs_cis)
         return x[:, self.num_registers :]
@@ -101,12 +110,17 @@ class Encoder(_RegisterTransformer):
         self.down = nn.ModuleList(DownBlock(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
         self.norm = RMSNorm(cfg.width)
         self.output = nn.Linear(cfg.width, cfg.width, bias=False)
+        p = cfg.patch_size
+        self.patch_in = nn.Conv2d(3, cfg.width, p, p) if cfg.patch_shortcut else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(images)
         for block in self.down:
             x = block(x)
-        return self.output(self.norm(self.run_blocks(_to_tokens(x))))
+        features = self.output(self.norm(self.run_blocks(_to_tokens(x))))
+        if self.patch_in is not None:
+            features = features + _to_tokens(self.patch_in(images))
+        return features
 
 
 class Decoder(_RegisterTransformer):
@@ -116,13 +130,16 @@ class Decoder(_RegisterTransformer):
         self.conv_in = _conv3x3(cfg.width, cfg.width)
         self.up = nn.ModuleList(UpBlock(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
         self.conv_out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(), _conv3x3(ch[-1], 3))
+        p = cfg.patch_size
+        self.patch_out = nn.ConvTranspose2d(cfg.width, 3, p, p) if cfg.patch_shortcut else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = _to_tokens(self.conv_in(_to_grid(tokens)))
-        x = _to_grid(self.run_blocks(x))
+        grid = _to_grid(tokens)
+        x = _to_grid(self.run_blocks(_to_tokens(self.conv_in(grid))))
         for block in self.up:
             x = block(x)
-        return self.conv_out(x)
+        image = self.conv_out(x)
+        return image if self.patch_out is None else image + self.patch_out(grid)
 
 
 class SphericalPosterior:

@@ -1,8 +1,8 @@
 """train-vae: the S-VAE with L1 + LPIPS + PatchGAN (hinge, from ``disc_start``) +
 KL to the uniform distribution on the sphere; two optimisers.
 
-The last ``HELD_OUT`` images of the prepared dataset never enter training: their centre
-crops are the fixed batch on which reconstructions and PSNR are reported.
+The last ``held_out_count`` images of the prepared dataset never enter training: PSNR is
+reported on their centre crops, and a grid shows the first ``GRID`` of them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ from spherear.train.losses import (
 )
 from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
 
-HELD_OUT = 8
+GRID = 8
+MAX_HELD_OUT = 100  # a tenth of the data up to this: enough images for a stable PSNR
+
+
+def held_out_count(num_images: int) -> int:
+    return max(GRID, min(MAX_HELD_OUT, num_images // 10))
 
 
 class ImageBatches(StepBatches):
@@ -49,7 +54,8 @@ class ImageBatches(StepBatches):
 
     def __init__(self, recipe: Recipe, images: PreparedImages, plan: BatchPlan, rank: int,
                  first: int, last: int):  # fmt: skip
-        super().__init__(len(images) - HELD_OUT, plan, rank, first, last, recipe.run.seed)
+        num_train = len(images) - held_out_count(len(images))
+        super().__init__(num_train, plan, rank, first, last, recipe.run.seed)
         self.recipe, self.images = recipe, images
 
     def sample(self, index: int, seed: int, epoch: float) -> torch.Tensor:
@@ -86,7 +92,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
         save_recipe(recipe, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     images = PreparedImages(recipe.data.prepared)
-    per_epoch = steps_per_epoch(len(images) - HELD_OUT, plan.global_batch)
+    per_epoch = steps_per_epoch(len(images) - held_out_count(len(images)), plan.global_batch)
     total = total_steps(cfg, per_epoch)
 
     torch.manual_seed(recipe.run.seed)
@@ -107,7 +113,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     trackers(accelerator, recipe)
     held_out = torch.stack([
         to_tensor(center_crop(images[len(images) - 1 - i][0], recipe.vae.resolution))
-        for i in range(HELD_OUT)
+        for i in range(held_out_count(len(images)))
     ]).to(accelerator.device)  # fmt: skip
 
     batches = ImageBatches(recipe, images, plan, accelerator.process_index, counter.step, total)
@@ -185,16 +191,21 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
 
 
 def _report(accelerator, vae, held_out, run_dir: Path, step: int, log: MetricsLog) -> None:
-    """PSNR on the held-out batch and a grid: originals on top, reconstructions below."""
+    """PSNR on the held-out images and a grid of the first ``GRID``: originals on top,
+    reconstructions below."""
     if not accelerator.is_main_process:
         return
     model = accelerator.unwrap_model(vae)
     model.eval()
     with torch.no_grad(), accelerator.autocast():
-        recon = model.decode(model.encode(held_out).mode()).float().clamp(-1, 1)
+        recon = torch.cat([model.decode(model.encode(x).mode()).float().clamp(-1, 1)
+                           for x in held_out.split(GRID)])  # fmt: skip
     model.train()
     value = psnr(recon, held_out)
     log.write({"step": step, "held_out_psnr": value})
     accelerator.log({"held_out_psnr": value}, step=step)
-    save_grid(torch.cat([held_out, recon]), run_dir / "reconstructions" / f"step-{step:08d}.png",
-              nrow=len(held_out))  # fmt: skip
+    save_grid(
+        torch.cat([held_out[:GRID], recon[:GRID]]),
+        run_dir / "reconstructions" / f"step-{step:08d}.png",
+        nrow=GRID,
+    )
