@@ -94,8 +94,9 @@ def _fit(cfg: VAEConfig, images: torch.Tensor, steps: int) -> float:
 
 
 def test_patch_shortcut_learns_textures_faster(tiny_recipe):
-    """Why the tiny recipes switch it on: stripes and checkerboards need many steps through
-    the convs alone, and a linear patch code gets most of them at once."""
+    """Why the tiny recipes switch it on: on the synthetic classes (stripes, checkerboards
+    and dots among them) the convs alone need many steps, and a linear patch code of each
+    token's pixels holds most of an image at once."""
     images = torch.stack([
         torch.from_numpy(render(0, i, 32)[0]).permute(2, 0, 1).float() / 127.5 - 1
         for i in range(72)

@@ -30,7 +30,7 @@ def workspace(tmp_path_factory):
         ROOT / "recipes" / "tiny.toml",
         ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", "ar.depth=2", "ar.num_heads=2", "ar.width=32",
-         "ar.head_depth=2", "ar.head_width=32", "ar.head_groups=1",
+         "ar.head_depth=2", "ar.head_width=32", "ar.head_groups=1", "ar.diff_batch_mul=4",
          f"data.prepared={root / 'data'}", f"data.latents={root / 'latents'}",
          f"train.vae_checkpoint={root / 'vae'}", "train.global_batch_size=8",
          "train.micro_batch_size=4", f"train.max_steps={STEPS}", "train.warmup_steps=2",
