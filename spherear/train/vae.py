@@ -50,11 +50,10 @@ def held_out_count(num_images: int) -> int:
 
 
 class ImageBatches(StepBatches):
-    """Augmented training images (the held-out ones excluded)."""
+    """Augmented views of the first ``num_train`` images (the rest are held out)."""
 
-    def __init__(self, recipe: Recipe, images: PreparedImages, plan: BatchPlan, rank: int,
-                 first: int, last: int):  # fmt: skip
-        num_train = len(images) - held_out_count(len(images))
+    def __init__(self, recipe: Recipe, images: PreparedImages, num_train: int, plan: BatchPlan,
+                 rank: int, first: int, last: int):  # fmt: skip
         super().__init__(num_train, plan, rank, first, last, recipe.run.seed)
         self.recipe, self.images = recipe, images
 
@@ -92,7 +91,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
         save_recipe(recipe, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     images = PreparedImages(recipe.data.prepared)
-    per_epoch = steps_per_epoch(len(images) - held_out_count(len(images)), plan.global_batch)
+    num_train = len(images) - held_out_count(len(images))  # the rest is held out
+    per_epoch = steps_per_epoch(num_train, plan.global_batch)
     total = total_steps(cfg, per_epoch)
 
     torch.manual_seed(recipe.run.seed)
@@ -113,10 +113,11 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     trackers(accelerator, recipe)
     held_out = torch.stack([
         to_tensor(center_crop(images[len(images) - 1 - i][0], recipe.vae.resolution))
-        for i in range(held_out_count(len(images)))
+        for i in range(len(images) - num_train)
     ]).to(accelerator.device)  # fmt: skip
 
-    batches = ImageBatches(recipe, images, plan, accelerator.process_index, counter.step, total)
+    batches = ImageBatches(recipe, images, num_train, plan, accelerator.process_index,
+                           counter.step, total)  # fmt: skip
     # its own generator: making the iterator must not consume the global RNG (saved and
     # restored with checkpoints, it drives the posterior samples)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
