@@ -6,27 +6,35 @@ SPHEREAR := $(VENV_DIR)/bin/spherear
 
 .PHONY: test lint install quickstart
 
+INSTALLED := $(VENV_DIR)/.spherear-installed
+
 $(PY):
 	$(PYTHON) -m venv $(VENV_DIR)
 
 install: $(PY)
 	$(PY) -m pip install -e ".[dev]"
+	touch $(INSTALLED)
 
-test: install
+# The install is editable, so code changes need no reinstall: pip runs again only when
+# the requirements in pyproject.toml change (or `make install` is asked for).
+$(INSTALLED): pyproject.toml | $(PY)
+	$(MAKE) install
+
+test: $(INSTALLED)
 	$(PY) -m pytest
 
-lint: install
+lint: $(INSTALLED)
 	$(VENV_DIR)/bin/ruff check .
 	$(VENV_DIR)/bin/ruff format --check .
 
 # The whole pipeline on the embedded synthetic set, at 32x32 on the CPU: the same commands
 # the README walks through. Rerunning it reuses or resumes every finished step.
-quickstart: install
+quickstart: $(INSTALLED)
 	$(SPHEREAR) prepare-data --recipe recipes/tiny.toml --num-proc 2
 	$(SPHEREAR) train-vae --recipe recipes/tiny_vae.toml
 	$(SPHEREAR) cache-latents --recipe recipes/tiny.toml
 	$(SPHEREAR) train-ar --recipe recipes/tiny.toml
-	$(SPHEREAR) sample --n 200
+	$(SPHEREAR) sample --n 200 --batch-size 200
 	$(SPHEREAR) eval-probe
 	$(SPHEREAR) eval-fid || echo "eval-fid skipped: it needs the Inception weights (see README)"
 	$(SPHEREAR) runs

@@ -26,13 +26,13 @@ def one_step(recipe_path: str, batch: int, mode: str) -> dict:
     from spherear.config import load_recipe
     from spherear.models import build_ar, build_vae
     from spherear.models.ar import to_sphere
-    from spherear.train.loop import param_groups
+    from spherear.train.loop import adamw
 
     recipe = load_recipe(recipe_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ar = build_ar(recipe).to(device).train()
     vae = build_vae(recipe).to(device).eval().requires_grad_(False) if mode == "images" else None
-    optimizer = torch.optim.AdamW(param_groups(ar, 0.05, ("cls_embedding", "proj_in")), lr=1e-4)
+    optimizer = adamw(ar, recipe.train, ("cls_embedding", "proj_in"))
     labels = torch.arange(batch, device=device)
     images = torch.rand(batch, 3, recipe.vae.resolution, recipe.vae.resolution, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

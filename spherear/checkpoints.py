@@ -114,7 +114,17 @@ class CheckpointInfo:
 # Building models without paying for a random init that loading overwrites
 
 
-def _empty(build) -> torch.nn.Module:
+# Big models are built on the meta device, skipping their random init. Small ones are not:
+# the meta device's first use in a process imports torch._dynamo, about 3 s on a CPU, more
+# than initialising 20M parameters takes.
+META_ABOVE = 20_000_000
+
+
+def _empty(build, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The model ``build`` makes, with weights about to be overwritten by ``state``."""
+    if sum(v.numel() for v in state.values()) < META_ABOVE:
+        with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG
+            return build()
     with torch.device("meta"):
         model = build()
     return model.to_empty(device="cpu")
@@ -280,13 +290,14 @@ def load_authors_checkpoint(
             f"It looks most like {_label(guess)}"
         )
     _check_rope(state, recipe, path)
-    vae = _empty(lambda: build_vae(recipe))
     vae_state = {k[4:]: v for k, v in state.items() if k.startswith("vae.")}
+    vae = _empty(lambda: build_vae(recipe), vae_state)
     _load_strict(vae, vae_state, path)
     ar = None
     if recipe.ar is not None:
-        ar = _empty(lambda: build_ar(recipe))
-        _load_strict(ar, {k: v for k, v in state.items() if not k.startswith("vae.")}, path)
+        ar_state = {k: v for k, v in state.items() if not k.startswith("vae.")}
+        ar = _empty(lambda: build_ar(recipe), ar_state)
+        _load_strict(ar, ar_state, path)
     used = f"EMA weights for {from_ema} of {len(state)} tensors" if from_ema else "raw weights"
     return Loaded(recipe, vae, ar, f"{path} ({_label(target)}, authors' format, {used})")
 
@@ -378,15 +389,17 @@ def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
     if folder is None:
         raise CheckpointError(f"{path}: no spherear config.json here; pass an export folder")
     config, recipe = _read_config(folder)
-    vae = _empty(lambda: build_vae(recipe))
-    _load_strict(vae, _load_file(folder / "vae.safetensors"), folder / "vae.safetensors")
+    vae_state = _load_file(folder / "vae.safetensors")
+    vae = _empty(lambda: build_vae(recipe), vae_state)
+    _load_strict(vae, vae_state, folder / "vae.safetensors")
     ar = None
     if config["kind"] == "ar":
         name = "ar.safetensors" if weights == "ema" else "ar_raw.safetensors"
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: no {name}; this export has no {weights} weights")
-        ar = _empty(lambda: build_ar(recipe))
-        _load_strict(ar, _load_file(folder / name), folder / name)
+        ar_state = _load_file(folder / name)
+        ar = _empty(lambda: build_ar(recipe), ar_state)
+        _load_strict(ar, ar_state, folder / name)
     return Loaded(recipe, vae, ar, f"{folder} (spherear export, {weights} weights)")
 
 

@@ -16,6 +16,7 @@ import warnings
 import pytest
 import torch
 
+from spherear import checkpoints
 from spherear.checkpoints import (
     CheckpointError,
     authors_to_ours,
@@ -194,20 +195,29 @@ def test_inspect_describes_authors_files(authors_b, authors_vae):
     assert "VAE only" in v.describe()
 
 
-def test_export_round_trip(tmp_path, tiny_recipe):
+# small models are built with a plain init, big ones on the meta device: both must load
+@pytest.mark.parametrize("meta_above", [checkpoints.META_ABOVE, 0], ids=["plain", "meta"])
+def test_export_round_trip(tmp_path, tiny_recipe, monkeypatch, meta_above):
+    monkeypatch.setattr(checkpoints, "META_ABOVE", meta_above)
     vae, ar = build_vae(tiny_recipe).eval(), build_ar(tiny_recipe).eval()
     ema = {k: v + 1 for k, v in ar.state_dict().items()}
     out = save_pretrained(tmp_path / "export", tiny_recipe, vae, ema, ar.state_dict())
     assert {p.name for p in out.iterdir()} >= {
         "config.json", "recipe.toml", "vae.safetensors", "ar.safetensors", "ar_raw.safetensors"
     }  # fmt: skip
+    rng = torch.get_rng_state()
     loaded = load_checkpoint(out)
+    assert torch.equal(torch.get_rng_state(), rng)  # loading draws no random numbers
     assert loaded.recipe == tiny_recipe
     for k, v in loaded.ar.state_dict().items():
         assert torch.equal(v, ema[k])
     raw = load_checkpoint(out, weights="raw")
     for k, v in raw.ar.state_dict().items():
         assert torch.equal(v, ar.state_dict()[k])
+    n, d, k = ar.num_tokens, ar.latent_dim, tiny_recipe.ar.diff_batch_mul
+    draws = (torch.randn(1, n, d), torch.tensor([3]), torch.tensor([False]),
+             torch.rand(1, k, n), torch.randn(1, k, n, d))  # fmt: skip
+    torch.testing.assert_close(raw.ar(*draws), ar(*draws))  # buffers (RoPE) rebuilt too
     images = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(loaded.vae.encode(images).mu, vae.encode(images).mu)
     info = inspect_checkpoint(out / "config.json")

@@ -7,9 +7,10 @@ import difflib
 
 from spherear.config import ARConfig, RecipeError
 
-# depth, heads and width of the causal trunk; res-blocks, width and adaLN groups of the head
+# depth, heads and width of the causal trunk; res-blocks, width and adaLN groups of the head.
+# tiny is sized for a CPU: its trunk of width 96 learns more per second there than 128.
 AR_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(depth=4, num_heads=4, width=128, head_depth=3, head_width=128, head_groups=1),
+    "tiny": dict(depth=4, num_heads=4, width=96, head_depth=3, head_width=128, head_groups=1),
     "B": dict(depth=24, num_heads=12, width=768, head_depth=6, head_width=768, head_groups=2),
     "L": dict(depth=32, num_heads=16, width=1024, head_depth=8, head_width=1024, head_groups=2),
     "H": dict(depth=40, num_heads=20, width=1280, head_depth=12, head_width=1280, head_groups=3),

@@ -32,9 +32,9 @@ from spherear.train.loop import (
     MetricsLog,
     StepBatches,
     TrainingError,
+    adamw,
     check_finite,
     oom_message,
-    param_groups,
     resume,
     set_lr,
     steps_per_epoch,
@@ -133,8 +133,7 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     torch.manual_seed(recipe.run.seed)  # the same initial weights on every process
     ar = build_ar(recipe)
     ar.grad_checkpointing = cfg.grad_checkpointing
-    groups = param_groups(ar, cfg.weight_decay, ("cls_embedding", "proj_in"))
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    optimizer = adamw(ar, cfg, ("cls_embedding", "proj_in"))
     ema = EMA(ar, cfg.ema_decay)
     counter = Counter()
     model, optimizer = accelerator.prepare(ar, optimizer)

@@ -25,9 +25,9 @@ from spherear.train.loop import (
     Counter,
     MetricsLog,
     StepBatches,
+    adamw,
     check_finite,
     oom_message,
-    param_groups,
     resume,
     set_lr,
     steps_per_epoch,
@@ -101,8 +101,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
         vae.init_kappa(loss_cfg.initial_kappa)
     # weight 0 (the tiny recipe) needs no VGG weights at all
     lpips = perceptual_loss(loss_cfg).to(accelerator.device) if loss_cfg.perceptual_weight else None
-    opt = torch.optim.AdamW(param_groups(vae, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.AdamW(param_groups(disc, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    opt, opt_d = adamw(vae, cfg), adamw(disc, cfg)
     counter = Counter()
     vae, disc, opt, opt_d = accelerator.prepare(vae, disc, opt, opt_d)
     accelerator.register_for_checkpointing(counter)
