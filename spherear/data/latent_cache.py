@@ -24,6 +24,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,10 +265,20 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def draw(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
         """A random view's fresh posterior sample: tokens (T, D) on the sphere, and the label."""
-        view = int(torch.randint(self.num_views, (), generator=generator))
-        mu, kappa, label = self.posterior(i, view)
-        tokens = PowerSpherical(mu, kappa).sample(generator) * math.sqrt(mu.shape[-1])
-        return tokens, label
+        tokens, labels = self.draw_batch([i], [generator or torch.default_generator])
+        return tokens[0], int(labels[0])
+
+    def draw_batch(
+        self, indices: Sequence[int], generators: Sequence[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``draw`` for many images, image j from generator j alone: the same tokens
+        (B, T, D) as one by one, with the sphere maths done once for the batch."""
+        views = [int(torch.randint(self.num_views, (), generator=g)) for g in generators]
+        posteriors = [self.posterior(i, v) for i, v in zip(indices, views, strict=True)]
+        mu = torch.stack([p[0] for p in posteriors])
+        kappa = torch.stack([p[1] for p in posteriors])
+        tokens = PowerSpherical(mu, kappa).sample(generators) * math.sqrt(mu.shape[-1])
+        return tokens, torch.tensor([p[2] for p in posteriors])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.draw(i)

@@ -10,6 +10,7 @@ difference cancels most of an fp32 mantissa.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,15 +69,24 @@ class PowerSpherical:
             return self._place(z, v)
 
     @torch.no_grad()
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """A sample drawn from ``generator`` (no gradient): reproducible per item, for
-        training data that must not depend on how a batch is split across processes."""
+        training data that must not depend on how a batch is split across processes. With
+        one generator per row of the leading dimension, row j draws from generator j alone,
+        exactly as if it were sampled by itself."""
         concentration = torch.stack([self._alpha, self._beta], -1).float()
+        if generator is None or isinstance(generator, torch.Generator):
+            return self._place(*self._draws(concentration, generator))
+        rows = [self._draws(c, g) for c, g in zip(concentration, generator, strict=True)]
+        return self._place(torch.stack([z for z, _ in rows]), torch.stack([v for _, v in rows]))
+
+    def _draws(self, concentration: torch.Tensor, generator: torch.Generator | None):
+        """The Beta draw z and the direction v of a sample, in this order."""
         z = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
-        v = torch.randn(
-            *self.mu.shape[:-1], self.dim - 1, device=self.mu.device, generator=generator
-        )
-        return self._place(z, v)
+        shape = (*concentration.shape[:-1], self.dim - 1)
+        return z, torch.randn(shape, device=concentration.device, generator=generator)
 
     def _place(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Beta draw z and direction v -> the point at cosine 2z - 1 from mu."""

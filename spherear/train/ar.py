@@ -52,24 +52,30 @@ class MicroBatches(StepBatches):
         super().__init__(len(source), plan, rank, first, last, recipe.run.seed)
         self.recipe, self.source = recipe, source
 
-    def sample(self, index: int, seed: int, epoch: float) -> dict[str, torch.Tensor]:
+    def make_batch(self, indices: list[int], seeds: list[int], epoch: float):
         vae, ar, aug = self.recipe.vae, self.recipe.ar, self.recipe.augment
-        g = torch.Generator().manual_seed(seed)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         if isinstance(self.source, PreparedImages):
-            image, label = self.source[index]
             decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
-            view = train_view(image, vae.resolution, epoch, np.random.default_rng(seed),
-                              aug.random_crop_min, aug.hflip, decay)  # fmt: skip
-            x = to_tensor(view)
-        else:
-            x, label = self.source.draw(index, g)
+            views, labels = [], []
+            for index, seed in zip(indices, seeds, strict=True):
+                image, label = self.source[index]
+                views.append(to_tensor(train_view(image, vae.resolution, epoch,
+                                                  np.random.default_rng(seed), aug.random_crop_min,
+                                                  aug.hflip, decay)))  # fmt: skip
+                labels.append(label)
+            x, labels = torch.stack(views), torch.tensor(labels)
+        else:  # the posterior draws first, then the loss's: each generator's order is fixed
+            x, labels = self.source.draw_batch(indices, generators)
+        k, n, d = ar.diff_batch_mul, vae.num_tokens, vae.latent_dim
+        drop = [torch.rand((), generator=g) < ar.class_dropout for g in generators]
         return {
             "x": x,
-            "label": torch.tensor(label),
-            "drop": torch.rand((), generator=g) < ar.class_dropout,
-            "t": torch.sigmoid(torch.randn(ar.diff_batch_mul, vae.num_tokens, generator=g)),
-            "noise": torch.randn(ar.diff_batch_mul, vae.num_tokens, vae.latent_dim, generator=g),
-            "seed": torch.tensor(seed),
+            "label": labels,
+            "drop": torch.stack(drop),
+            "t": torch.stack([torch.sigmoid(torch.randn(k, n, generator=g)) for g in generators]),
+            "noise": torch.stack([torch.randn(k, n, d, generator=g) for g in generators]),
+            "seed": torch.tensor(seeds),
         }
 
 
@@ -78,11 +84,9 @@ def _encode(vae, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         posterior = vae.encode(images)
     mu, kappa = posterior.mu.float().cpu(), posterior.kappa.float().cpu()
-    samples = [
-        PowerSpherical(mu[j], kappa[j]).sample(torch.Generator().manual_seed(int(seeds[j]) + 1))
-        for j in range(len(mu))
-    ]
-    return torch.stack(samples).to(images.device) * math.sqrt(mu.shape[-1])
+    generators = [torch.Generator().manual_seed(int(seed) + 1) for seed in seeds]
+    samples = PowerSpherical(mu, kappa).sample(generators)
+    return samples.to(images.device) * math.sqrt(mu.shape[-1])
 
 
 def _load_vae(recipe: Recipe) -> Loaded:

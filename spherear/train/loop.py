@@ -253,7 +253,8 @@ def set_lr(optimizers, cfg: TrainConfig, step: int, total: int) -> float:
 class StepBatches(torch.utils.data.Dataset):
     """Item k is the micro-batch of process ``rank`` for optimiser step
     ``first + k // accumulation``; subclasses make one sample from its dataset index, its
-    seed and the (fractional) epoch, and items are those samples stacked."""
+    seed and the (fractional) epoch, and items are those samples stacked (or they make the
+    whole micro-batch at once, overriding ``make_batch``)."""
 
     def __init__(self, num_items: int, plan: BatchPlan, rank: int, first: int, last: int,
                  seed: int):  # fmt: skip
@@ -269,10 +270,12 @@ class StepBatches(torch.utils.data.Dataset):
         step += self.first
         items, epoch = global_batch_items(self.num_items, self.plan, self.seed, step,
                                           self.per_epoch)  # fmt: skip
-        samples = [
-            self.sample(items[p], item_seed(self.seed, step, p), epoch)
-            for p in self.plan.positions(self.rank, micro)
-        ]
+        positions = self.plan.positions(self.rank, micro)
+        seeds = [item_seed(self.seed, step, p) for p in positions]
+        return self.make_batch([int(items[p]) for p in positions], seeds, epoch)
+
+    def make_batch(self, indices: list[int], seeds: list[int], epoch: float):
+        samples = [self.sample(i, s, epoch) for i, s in zip(indices, seeds, strict=True)]
         return torch.utils.data.default_collate(samples)
 
     def sample(self, index: int, seed: int, epoch: float):

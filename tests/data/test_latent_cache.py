@@ -116,3 +116,12 @@ def test_a_cache_of_another_vae_is_refused(setup, reference):
     save_pretrained(root / "other_vae", recipe, other)
     with pytest.raises(CacheError, match="other settings"):
         cache_latents(recipe, other, root / "other_vae", root / "data", reference, progress=False)
+
+
+def test_a_batch_of_draws_equals_the_draws_one_by_one(reference):
+    data = LatentDataset(reference)
+    indices, seeds = [3, 17, 3, 39], [5, 6, 7, 8]
+    tokens, labels = data.draw_batch(indices, [torch.Generator().manual_seed(s) for s in seeds])
+    for j, (i, s) in enumerate(zip(indices, seeds, strict=True)):
+        alone, label = data.draw(i, torch.Generator().manual_seed(s))
+        assert torch.equal(tokens[j], alone) and labels[j] == label

@@ -128,3 +128,11 @@ def test_seeded_sample_is_reproducible_and_has_the_right_mean_cosine():
     cos = (a * mu).sum(-1)
     assert (cos.mean() - dist.mean_cosine[0]).abs() < 4 * cos.std() / math.sqrt(n)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(n))
+
+
+def test_one_generator_per_row_draws_each_row_as_if_alone():
+    mu, kappa = _random_mu(24, 16).float().view(3, 8, 16), torch.rand(3, 8) * 1e4
+    rows = PowerSpherical(mu, kappa).sample([torch.Generator().manual_seed(j) for j in range(3)])
+    for j in range(3):
+        alone = PowerSpherical(mu[j], kappa[j]).sample(torch.Generator().manual_seed(j))
+        assert torch.equal(rows[j], alone)
