@@ -10,6 +10,7 @@ must hold the constant of the authors' key it maps to.
 import argparse
 import ast
 import csv
+import dataclasses
 import os
 import warnings
 
@@ -27,6 +28,7 @@ from spherear.checkpoints import (
     save_pretrained,
 )
 from spherear.models import build_ar, build_vae
+from spherear.models.registry import resolve_ar
 from spherear.models.transformer import rope_table_2d
 
 from .conftest import ROOT
@@ -208,7 +210,11 @@ def test_export_round_trip(tmp_path, tiny_recipe, monkeypatch, meta_above):
     rng = torch.get_rng_state()
     loaded = load_checkpoint(out)
     assert torch.equal(torch.get_rng_state(), rng)  # loading draws no random numbers
-    assert loaded.recipe == tiny_recipe
+    # the export spells the architecture out: a changed size registry cannot change it
+    assert loaded.recipe.ar == resolve_ar(tiny_recipe.ar)
+    assert loaded.recipe == dataclasses.replace(tiny_recipe, ar=loaded.recipe.ar)
+    assert 'size = "tiny"' in (out / "recipe.toml").read_text()
+    assert f"width = {loaded.ar.cfg.width}" in (out / "recipe.toml").read_text()
     for k, v in loaded.ar.state_dict().items():
         assert torch.equal(v, ema[k])
     raw = load_checkpoint(out, weights="raw")
