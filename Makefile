@@ -4,32 +4,34 @@ PYTHON ?= python3
 PY := $(VENV_DIR)/bin/python
 SPHEREAR := $(VENV_DIR)/bin/spherear
 
-.PHONY: test lint install quickstart
+.PHONY: test lint install installed quickstart
 
-INSTALLED := $(VENV_DIR)/.spherear-installed
+# which checkout the venv's editable install points at, and since when
+STAMP := $(VENV_DIR)/.spherear-installed
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_DIR)
 
 install: $(PY)
 	$(PY) -m pip install -e ".[dev]"
-	touch $(INSTALLED)
+	echo "$(CURDIR)" > $(STAMP)
 
 # The install is editable, so code changes need no reinstall: pip runs again only when
-# the requirements in pyproject.toml change (or `make install` is asked for).
-$(INSTALLED): pyproject.toml | $(PY)
-	$(MAKE) install
+# pyproject.toml changed since, or when the venv (a shared VENV_DIR) points elsewhere.
+installed: | $(PY)
+	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] \
+		|| [ "$$(cat $(STAMP))" != "$(CURDIR)" ]; then $(MAKE) install; fi
 
-test: $(INSTALLED)
+test: installed
 	$(PY) -m pytest
 
-lint: $(INSTALLED)
+lint: installed
 	$(VENV_DIR)/bin/ruff check .
 	$(VENV_DIR)/bin/ruff format --check .
 
 # The whole pipeline on the embedded synthetic set, at 32x32 on the CPU: the same commands
 # the README walks through. Rerunning it reuses or resumes every finished step.
-quickstart: $(INSTALLED)
+quickstart: installed
 	$(SPHEREAR) prepare-data --recipe recipes/tiny.toml --num-proc 2
 	$(SPHEREAR) train-vae --recipe recipes/tiny_vae.toml
 	$(SPHEREAR) cache-latents --recipe recipes/tiny.toml

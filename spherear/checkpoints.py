@@ -20,7 +20,6 @@ addresses (``spherear.hub_files``), read from the Hugging Face cache like any lo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import pickle
@@ -44,7 +43,7 @@ from spherear.errors import SpherearError
 from spherear.hub_files import resolve
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
-from spherear.models.registry import AR_SIZES, resolve_ar
+from spherear.models.registry import AR_SIZES, spell_out
 from spherear.models.transformer import rope_table_2d
 from spherear.models.vae import SphericalVAE
 
@@ -328,11 +327,8 @@ def save_pretrained(
     ar_state: dict[str, torch.Tensor] | None = None,
     ar_raw_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a loadable export. ``ar_state`` is what sampling uses (normally the EMA). The
-    recipe is saved with the AR architecture spelled out, so a later change to the size
-    registry cannot change what the export loads as."""
-    if recipe.ar is not None:
-        recipe = dataclasses.replace(recipe, ar=resolve_ar(recipe.ar))
+    """Write a loadable export. ``ar_state`` is what sampling uses (normally the EMA)."""
+    recipe = spell_out(recipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     contiguous = lambda sd: {k: v.detach().contiguous().cpu() for k, v in sd.items()}  # noqa: E731

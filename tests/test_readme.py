@@ -35,6 +35,8 @@ def _readme_commands() -> list[list[str]]:
     shell += "\n" + (ROOT / "Makefile").read_text().replace("$(SPHEREAR)", "spherear")
     commands = []
     for line in shell.replace("\\\n", " ").splitlines():
+        if line.lstrip().startswith("#"):  # a comment, whose apostrophes are not quotes
+            continue
         words = shlex.split(line.split(" #")[0].split("||")[0])
         for i, word in enumerate(words):
             if word == "spherear" or word.endswith("/spherear"):

@@ -272,7 +272,8 @@ class LatentDataset(torch.utils.data.Dataset):
         self, indices: Sequence[int], generators: Sequence[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``draw`` for many images, image j from generator j alone: the same tokens
-        (B, T, D) as one by one, with the sphere maths done once for the batch."""
+        (B, T, D) as one by one, with the sphere maths done once for the batch. The
+        generators must be distinct objects: each draws its view, then its sample."""
         views = [int(torch.randint(self.num_views, (), generator=g)) for g in generators]
         posteriors = [self.posterior(i, v) for i, v in zip(indices, views, strict=True)]
         mu = torch.stack([p[0] for p in posteriors])

@@ -78,15 +78,16 @@ class PowerSpherical:
         exactly as if it were sampled by itself."""
         concentration = torch.stack([self._alpha, self._beta], -1).float()
         if generator is None or isinstance(generator, torch.Generator):
-            return self._place(*self._draws(concentration, generator))
-        rows = [self._draws(c, g) for c, g in zip(concentration, generator, strict=True)]
+            return self._place(*self._draws(concentration, self.mu, generator))
+        rows = [self._draws(c, mu, g)
+                for c, mu, g in zip(concentration, self.mu, generator, strict=True)]  # fmt: skip
         return self._place(torch.stack([z for z, _ in rows]), torch.stack([v for _, v in rows]))
 
-    def _draws(self, concentration: torch.Tensor, generator: torch.Generator | None):
-        """The Beta draw z and the direction v of a sample, in this order."""
+    def _draws(self, concentration: torch.Tensor, mu: torch.Tensor, generator):
+        """The Beta draw z and the direction v (shaped like ``mu`` less one) of a sample."""
         z = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
-        shape = (*concentration.shape[:-1], self.dim - 1)
-        return z, torch.randn(shape, device=concentration.device, generator=generator)
+        shape = (*mu.shape[:-1], self.dim - 1)
+        return z, torch.randn(shape, device=mu.device, generator=generator)
 
     def _place(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Beta draw z and direction v -> the point at cosine 2z - 1 from mu."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from spherear.config import ARConfig, RecipeError
+from spherear.config import ARConfig, Recipe, RecipeError
 
 # depth, heads and width of the causal trunk; res-blocks, width and adaLN groups of the head.
 # tiny is sized for a CPU: its trunk of width 96 learns more per second there than 128.
@@ -39,3 +39,9 @@ def resolve_ar(cfg: ARConfig, where: str = "recipe") -> ARConfig:
             f"ar.head_groups {filled.head_groups}"
         )
     return filled
+
+
+def spell_out(recipe: Recipe) -> Recipe:
+    """``recipe`` with its AR architecture written out in full, as saved beside weights: a
+    later change to the registry then cannot change what they are."""
+    return recipe if recipe.ar is None else dataclasses.replace(recipe, ar=resolve_ar(recipe.ar))

@@ -23,6 +23,7 @@ from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_ar
 from spherear.models.power_spherical import PowerSpherical
+from spherear.models.registry import spell_out
 from spherear.train.curves import plot_curves
 from spherear.train.loop import (
     EMA,
@@ -41,7 +42,13 @@ from spherear.train.loop import (
     total_steps,
     weights_checksum,
 )
-from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
+from spherear.train.session import (
+    check_resume,
+    fused_optimizers,
+    make_accelerator,
+    save_grid,
+    trackers,
+)
 
 
 class MicroBatches(StepBatches):
@@ -132,12 +139,12 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     per_epoch = steps_per_epoch(len(source), plan.global_batch)
     total = total_steps(cfg, per_epoch)
     if accelerator.is_main_process:
-        save_recipe(recipe, run_dir)
+        save_recipe(spell_out(recipe), run_dir)
 
     torch.manual_seed(recipe.run.seed)  # the same initial weights on every process
     ar = build_ar(recipe)
     ar.grad_checkpointing = cfg.grad_checkpointing
-    optimizer = adamw(ar, cfg, ("cls_embedding", "proj_in"))
+    optimizer = adamw(ar, cfg, ("cls_embedding", "proj_in"), fused_optimizers(accelerator))
     ema = EMA(ar, cfg.ema_decay)
     counter = Counter()
     model, optimizer = accelerator.prepare(ar, optimizer)

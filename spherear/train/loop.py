@@ -128,11 +128,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_modules=(
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def adamw(model: torch.nn.Module, cfg: TrainConfig, no_decay_modules=()) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``. Fused (one kernel over all tensors) unless FSDP shards
-    the parameters: on a CPU it makes the tiny model's optimiser step 3x faster."""
+def adamw(
+    model: torch.nn.Module, cfg: TrainConfig, no_decay_modules=(), fused: bool = True
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``fused`` runs one kernel over all tensors, which makes
+    the tiny model's optimiser step 3x faster on a CPU."""
     groups = param_groups(model, cfg.weight_decay, no_decay_modules)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=not cfg.fsdp)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 
 def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:

@@ -43,12 +43,21 @@ def trackers(accelerator, recipe: Recipe) -> None:
     accelerator.init_trackers(recipe.run.name, config=flat)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int, pad: int = 2) -> None:
-    """Images (N, 3, H, W) in [-1, 1] -> one PNG grid of ``nrow`` images a row with black
-    gutters (torchvision's layout, without importing torchvision: 4 s a command on a CPU).
-    The file appears under its name only when whole."""
+def fused_optimizers(accelerator) -> bool:
+    """Fused AdamW, except where FSDP or DeepSpeed shard or wrap the parameters: whether
+    set by the recipe or by ``accelerate config``, we have not tested them with it."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+    """RGB images (N, 3, H, W) in [-1, 1] -> one PNG grid of ``nrow`` images a row with
+    2-pixel black gutters: torchvision's layout and rounding (for N >= 2), without importing
+    torchvision, which costs 4 s a command on a CPU. The file appears only when whole."""
     from PIL import Image
 
+    pad = 2
     pixels = (((images.detach().float().cpu() + 1) / 2).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     n, c, h, w = pixels.shape
     cols = min(nrow, n)

@@ -39,7 +39,13 @@ from spherear.train.losses import (
     hinge_g_loss,
     perceptual_loss,
 )
-from spherear.train.session import check_resume, make_accelerator, save_grid, trackers
+from spherear.train.session import (
+    check_resume,
+    fused_optimizers,
+    make_accelerator,
+    save_grid,
+    trackers,
+)
 
 GRID = 8
 MAX_HELD_OUT = 100  # a tenth of the data up to this: enough images for a stable PSNR
@@ -101,7 +107,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
         vae.init_kappa(loss_cfg.initial_kappa)
     # weight 0 (the tiny recipe) needs no VGG weights at all
     lpips = perceptual_loss(loss_cfg).to(accelerator.device) if loss_cfg.perceptual_weight else None
-    opt, opt_d = adamw(vae, cfg), adamw(disc, cfg)
+    fused = fused_optimizers(accelerator)
+    opt, opt_d = adamw(vae, cfg, fused=fused), adamw(disc, cfg, fused=fused)
     counter = Counter()
     vae, disc, opt, opt_d = accelerator.prepare(vae, disc, opt, opt_d)
     accelerator.register_for_checkpointing(counter)

@@ -114,3 +114,46 @@ def test_resuming_with_another_size_is_refused(workspace, straight):
     done = _train(workspace, "straight", "--set", "ar.depth=3")
     assert done.returncode == 2 and "another architecture" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("inputs", ["latents", "images"])
+def test_a_micro_batch_equals_its_samples_drawn_one_by_one(workspace, inputs):
+    """Batching the draws must not change them: each generator draws the view, the
+    posterior sample (latents only), class dropout, t and noise, in this order."""
+    import numpy as np
+
+    from spherear.data.latent_cache import LatentDataset
+    from spherear.data.prepare import PreparedImages
+    from spherear.data.transforms import to_tensor, train_view
+    from spherear.models.power_spherical import PowerSpherical
+    from spherear.train.ar import MicroBatches
+    from spherear.train.loop import BatchPlan
+
+    recipe = load_recipe(workspace / "recipe.toml", [f"train.inputs={inputs}"])
+    vae, ar, aug = recipe.vae, recipe.ar, recipe.augment
+    source = PreparedImages(workspace / "data") if inputs == "images" else LatentDataset(
+        workspace / "latents")  # fmt: skip
+    batches = MicroBatches(recipe, source, BatchPlan.make(recipe.train, 1), 0, 0, STEPS)
+    indices, seeds = [5, 0, 39, 5], [11, 12, 13, 14]
+    batch = batches.make_batch(indices, seeds, epoch=0.5)
+    for j, (index, seed) in enumerate(zip(indices, seeds, strict=True)):
+        g = torch.Generator().manual_seed(seed)
+        if inputs == "images":
+            image, label = source[index]
+            decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
+            rng = np.random.default_rng(seed)
+            x = to_tensor(train_view(image, vae.resolution, 0.5, rng, aug.random_crop_min,
+                                     aug.hflip, decay))  # fmt: skip
+        else:
+            mu, kappa, label = source.posterior(index, int(torch.randint(2, (), generator=g)))
+            x = PowerSpherical(mu, kappa).sample(g) * 4.0
+        assert torch.equal(batch["x"][j], x) and batch["label"][j] == label
+        assert batch["drop"][j] == (torch.rand((), generator=g) < ar.class_dropout)
+        assert torch.equal(batch["t"][j], torch.sigmoid(torch.randn(4, 64, generator=g)))
+        assert torch.equal(batch["noise"][j], torch.randn(4, 64, 16, generator=g))
+
+
+def test_training_on_images_encoded_on_the_fly_runs(workspace):
+    done = _train(workspace, "images", "--set", "train.inputs=images", "--set", "train.max_steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(workspace / "images") if "loss" in m] == [1, 2]
