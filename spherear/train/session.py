@@ -75,7 +75,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
     """A run folder continues only the architecture it was started with."""
     from spherear.config import load_recipe
-    from spherear.models.registry import resolve_ar
+    from spherear.models.registry import spell_out
     from spherear.train.loop import TrainingError
 
     saved_path = run_dir / "recipe.toml"
@@ -84,7 +84,7 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
     saved = load_recipe(saved_path)
 
     def arch(r: Recipe):
-        return r.vae, resolve_ar(r.ar) if r.ar is not None else None
+        return r.vae, spell_out(r).ar
 
     if arch(saved) != arch(recipe):
 
