@@ -33,7 +33,7 @@ def one_step(recipe_path: str, batch: int, mode: str) -> dict:
     ar = build_ar(recipe).to(device).train()
     vae = build_vae(recipe).to(device).eval().requires_grad_(False) if mode == "images" else None
     optimizer = adamw(ar, recipe.train, ("cls_embedding", "proj_in"))
-    labels = torch.arange(batch, device=device)
+    labels = torch.arange(batch, device=device) % recipe.ar.num_classes
     images = torch.rand(batch, 3, recipe.vae.resolution, recipe.vae.resolution, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 

@@ -14,7 +14,8 @@ encodes the shards i with i % world_size == r. A shard's content depends only on
 the VAE and the settings, never on the number of processes.
 
 Views: 0 is the ADM centre crop, 1 its mirror image, then ``random_crops`` random crops,
-each flipped with probability 1/2, seeded by (seed, image index, view).
+each flipped with probability 1/2, seeded by (seed, image index, view). With
+``augment.hflip = false`` there are no mirror images: no view 1, no flipped crops.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spherear.config import CacheConfig, Recipe, recipe_to_dict
+from spherear.config import Recipe, recipe_to_dict
 from spherear.data.prepare import read_info, shard_files
 from spherear.data.transforms import center_crop, random_crop, to_tensor
 from spherear.errors import SpherearError
@@ -66,17 +67,20 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def view_names(cfg: CacheConfig) -> list[str]:
-    return ["center", "center_flip"] + [f"random_{k}" for k in range(cfg.random_crops)]
+def view_names(recipe: Recipe) -> list[str]:
+    flipped = ["center_flip"] if recipe.augment.hflip else []
+    return ["center", *flipped] + [f"random_{k}" for k in range(recipe.cache.random_crops)]
 
 
-def make_views(image: Image.Image, size: int, index: int, cfg: CacheConfig, min_fraction: float):
+def make_views(image: Image.Image, index: int, recipe: Recipe) -> list[Image.Image]:
+    size, cfg, aug = recipe.vae.resolution, recipe.cache, recipe.augment
     centre = center_crop(image, size)
-    views = [centre, centre.transpose(Image.FLIP_LEFT_RIGHT)]
+    views = [centre, centre.transpose(Image.FLIP_LEFT_RIGHT)] if aug.hflip else [centre]
     for k in range(cfg.random_crops):
         rng = np.random.default_rng([cfg.seed, index, k])
-        view = random_crop(image, size, min_fraction, rng)
-        views.append(view.transpose(Image.FLIP_LEFT_RIGHT) if rng.uniform() < 0.5 else view)
+        view = random_crop(image, size, aug.random_crop_min, rng)
+        flip = rng.uniform() < 0.5  # drawn either way: a crop does not depend on augment.hflip
+        views.append(view.transpose(Image.FLIP_LEFT_RIGHT) if flip and aug.hflip else view)
     return views
 
 
@@ -112,7 +116,7 @@ def _settings(recipe: Recipe, vae_path: Path, data_dir: Path, num_images: int) -
         "vae_sha256": file_fingerprint(vae_path),
         "vae": recipe_to_dict(recipe)["vae"],
         "cache": recipe_to_dict(recipe)["cache"],
-        "views": view_names(recipe.cache),
+        "views": view_names(recipe),
         "random_crop_min": recipe.augment.random_crop_min,
         "data": str(data_dir.resolve()),
         "data_settings": read_info(data_dir)["settings"],
@@ -127,10 +131,8 @@ def _encode_shard(vae, table, index, recipe, out, device) -> None:
     views = []
     for offset, row in enumerate(rows):
         image = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
-        views += make_views(
-            image, recipe.vae.resolution, start + offset, cfg, recipe.augment.random_crop_min
-        )
-    num_views = len(view_names(cfg))
+        views += make_views(image, start + offset, recipe)
+    num_views = len(view_names(recipe))
     mus, kappas = [], []
     with torch.no_grad():
         for b in range(0, len(views), cfg.batch_size):

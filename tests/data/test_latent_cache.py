@@ -4,15 +4,25 @@ that samples the posterior afresh on every visit."""
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from spherear.checkpoints import save_pretrained
 from spherear.config import save_recipe
-from spherear.data.latent_cache import CacheError, LatentDataset, cache_latents, read_manifest
+from spherear.data.latent_cache import (
+    CacheError,
+    LatentDataset,
+    cache_latents,
+    make_views,
+    read_manifest,
+    view_names,
+)
 from spherear.data.prepare import prepare_dataset
+from spherear.data.synthetic import render
 from spherear.models import build_vae
 from spherear.models.power_spherical import PowerSpherical
 
@@ -125,3 +135,18 @@ def test_a_batch_of_draws_equals_the_draws_one_by_one(reference):
     for j, (i, s) in enumerate(zip(indices, seeds, strict=True)):
         alone, label = data.draw(i, torch.Generator().manual_seed(s))
         assert torch.equal(tokens[j], alone) and labels[j] == label
+
+
+def test_without_hflip_no_view_is_mirrored(setup):
+    _, recipe = setup
+    image = Image.fromarray(render(0, 8, 40)[0])
+    no_flip = replace(recipe, augment=replace(recipe.augment, hflip=False))
+    assert view_names(recipe) == ["center", "center_flip", "random_0"]
+    assert view_names(no_flip) == ["center", "random_0"]
+    with_flips, without = make_views(image, 8, recipe), make_views(image, 8, no_flip)
+    assert len(without) == 2 and without[0].tobytes() == with_flips[0].tobytes()
+    mirror = with_flips[1].transpose(Image.FLIP_LEFT_RIGHT)
+    assert mirror.tobytes() == with_flips[0].tobytes()
+    # the same crop either way; only its mirroring depends on augment.hflip
+    crop = with_flips[2]
+    assert without[1].tobytes() in (crop.tobytes(), crop.transpose(Image.FLIP_LEFT_RIGHT).tobytes())
