@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
         Path(__file__).resolve().parents[2] / "recipes" / "tiny.toml",
         ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", "cache.shard_size=6", "cache.batch_size=4",
-         "cache.random_crops=1"],
+         "cache.random_crops=1", "augment.hflip=true"],
     )  # fmt: skip
     torch.manual_seed(0)
     vae = build_vae(recipe)
