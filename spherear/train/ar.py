@@ -18,7 +18,7 @@ import torch
 
 from spherear.checkpoints import Loaded, load_checkpoint, save_pretrained
 from spherear.config import Recipe, save_recipe
-from spherear.data.latent_cache import LatentDataset, file_fingerprint
+from spherear.data.latent_cache import LatentDataset, file_fingerprint, view_names
 from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_ar
@@ -116,11 +116,18 @@ def _source(recipe: Recipe):
     if recipe.train.inputs == "images":
         return PreparedImages(recipe.data.prepared)
     source = LatentDataset(recipe.data.latents)
-    cached_by = source.manifest["settings"]["vae_sha256"]
-    if cached_by != file_fingerprint(recipe.train.vae_checkpoint):
+    cached = source.manifest["settings"]
+    if cached["vae_sha256"] != file_fingerprint(recipe.train.vae_checkpoint):
         raise TrainingError(
             f"{recipe.data.latents} was cached with another VAE than train.vae_checkpoint "
             f"({recipe.train.vae_checkpoint}); rerun cache-latents with it or point to its cache"
+        )
+    if cached["views"] != view_names(recipe):
+        raise TrainingError(
+            f"{recipe.data.latents} holds the views {cached['views']}, but this recipe's "
+            f"augment.hflip = {str(recipe.augment.hflip).lower()} and cache.random_crops = "
+            f"{recipe.cache.random_crops} ask for {view_names(recipe)}; rerun cache-latents "
+            "into another data.latents (or delete this one)"
         )
     return source
 
@@ -132,10 +139,10 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     cfg = recipe.train
     run_dir = Path(recipe.run.output_dir)
     check_resume(recipe, run_dir)
+    source = _source(recipe)  # a mismatched cache is refused before the run folder exists
     accelerator = make_accelerator(cfg, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     vae = _load_vae(recipe).vae.to(accelerator.device).eval().requires_grad_(False)
-    source = _source(recipe)
     per_epoch = steps_per_epoch(len(source), plan.global_batch)
     total = total_steps(cfg, per_epoch)
     if accelerator.is_main_process:

@@ -116,6 +116,13 @@ def test_resuming_with_another_size_is_refused(workspace, straight):
     assert "Traceback" not in done.stderr
 
 
+def test_a_cache_without_the_recipes_views_is_refused(workspace):
+    done = _train(workspace, "flipped", "--set", "augment.hflip=true")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "holds the views ['center'], but this recipe's augment.hflip = true" in done.stderr
+    assert not (workspace / "flipped").exists()
+
+
 @pytest.mark.parametrize("inputs", ["latents", "images"])
 def test_a_micro_batch_equals_its_samples_drawn_one_by_one(workspace, inputs):
     """Batching the draws must not change them: each generator draws the view, the
