@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -23,6 +24,7 @@ from spherear.data.latent_cache import (
 )
 from spherear.data.prepare import prepare_dataset
 from spherear.data.synthetic import render
+from spherear.data.transforms import random_crop
 from spherear.models import build_vae
 from spherear.models.power_spherical import PowerSpherical
 
@@ -137,6 +139,10 @@ def test_a_batch_of_draws_equals_the_draws_one_by_one(reference):
         assert torch.equal(tokens[j], alone) and labels[j] == label
 
 
+def mirrored(image: Image.Image) -> Image.Image:
+    return image.transpose(Image.FLIP_LEFT_RIGHT)
+
+
 def test_without_hflip_no_view_is_mirrored(setup):
     _, recipe = setup
     image = Image.fromarray(render(0, 8, 40)[0])
@@ -145,8 +151,8 @@ def test_without_hflip_no_view_is_mirrored(setup):
     assert view_names(no_flip) == ["center", "random_0"]
     with_flips, without = make_views(image, 8, recipe), make_views(image, 8, no_flip)
     assert len(without) == 2 and without[0].tobytes() == with_flips[0].tobytes()
-    mirror = with_flips[1].transpose(Image.FLIP_LEFT_RIGHT)
-    assert mirror.tobytes() == with_flips[0].tobytes()
-    # the same crop either way; only its mirroring depends on augment.hflip
-    crop = with_flips[2]
-    assert without[1].tobytes() in (crop.tobytes(), crop.transpose(Image.FLIP_LEFT_RIGHT).tobytes())
+    assert mirrored(with_flips[1]).tobytes() == with_flips[0].tobytes()
+    # the same crop either way, never mirrored without hflip
+    crop = random_crop(image, 32, recipe.augment.random_crop_min, np.random.default_rng([0, 8, 0]))
+    assert without[1].tobytes() == crop.tobytes()
+    assert with_flips[2].tobytes() in (crop.tobytes(), mirrored(crop).tobytes())
