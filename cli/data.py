@@ -97,7 +97,8 @@ def cache_latents(
     manifest = run(resolved, loaded.vae, vae, data, out, accelerator)
     if accelerator.is_main_process:
         s = manifest["settings"]
+        views = f"{len(s['views'])} view" + ("s" if len(s["views"]) > 1 else "")
         typer.echo(
-            f"cached {s['num_images']} images x {len(s['views'])} views in {out} "
+            f"cached {s['num_images']} images x {views} ({', '.join(s['views'])}) in {out} "
             f"({manifest['bytes_per_view']} bytes per image per view)"
         )

@@ -67,7 +67,7 @@ def reference(setup):
     out = root / "reference"
     done = subprocess.run(_cli(root, out), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "cached 40 images x 3 views" in done.stdout
+    assert "cached 40 images x 3 views (center, center_flip, random_0)" in done.stdout
     return out
 
 
