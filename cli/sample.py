@@ -56,27 +56,38 @@ def sample(
     """Sample N images to samples.npz (arr_0: N x H x W x 3 uint8), labels.npy and grid.png.
     Resumable: rerun the same command after an interruption. The bytes do not depend on the
     number of processes; multi-GPU and multi-node with `accelerate launch` or `torchrun`."""
-    if checkpoint is not None:  # a hub address that cannot be fetched fails before torch loads
-        from spherear.hub_files import resolve
+    from spherear.checkpoint_header import read_header
+    from spherear.hub_files import resolve
+    from spherear.sample_plan import Plan, check_plan, default_out, find_checkpoint
 
-        resolve(checkpoint)
+    source = find_checkpoint(checkpoint)
+    local, _ = resolve(source.checkpoint)  # a hub address that cannot be fetched fails here
+
+    def plan_with(defaults) -> Plan:
+        return Plan.from_recipe(
+            defaults, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps, sampler=sampler,
+            labels=labels, seed=seed, batch_size=batch_size, weights=weights,
+        )  # fmt: skip
+
+    # checked against the checkpoint's header before torch loads: a 2 GB file takes a while
+    header = read_header(local)
+    plan = None if header is None else plan_with(header.sample)
+    if header is not None:
+        check_plan(plan, header)
+
     import torch
     from accelerate import Accelerator
 
     from spherear.checkpoints import load_checkpoint
-    from spherear.sample import Plan, default_out, find_checkpoint, sample_images
+    from spherear.sample import sample_images
 
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
     say = typer.echo if accelerator.is_main_process else lambda _: None
-    source = find_checkpoint(checkpoint)
     if checkpoint is None:
         say(f"sampling the newest train-ar run: {source.run}")
     loaded = load_checkpoint(source.checkpoint, weights)
-    plan = Plan.from_recipe(
-        loaded.recipe.sample, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps,
-        sampler=sampler, labels=labels, seed=seed, batch_size=batch_size, weights=weights,
-    )  # fmt: skip
+    plan = plan or plan_with(loaded.recipe.sample)
     out = out or default_out(source, plan)
     say(f"{loaded.description}: {plan.tag}, batch {plan.batch_size}, "
         f"{accelerator.num_processes} process(es) -> {out}")  # fmt: skip

@@ -2,7 +2,8 @@
 
 Our format is a folder::
 
-    config.json        {"format": "spherear", "kind": "vae" | "ar", "recipe": {...}}
+    config.json        {"format": "spherear", "format_version": 2, "kind": "vae" | "ar",
+                        "rope": "2d-centre-x-first", "recipe": {...}}
     recipe.toml        the same recipe, for people
     vae.safetensors    the S-VAE
     ar.safetensors     the AR model, EMA weights (absent for a VAE-only export)
@@ -12,6 +13,11 @@ The authors' files are ``torch.save`` dicts with ``model``, ``ema``, ``args`` (a
 ``argparse.Namespace``) and training state. They are read with ``weights_only=True`` so
 that no code runs while unpickling. Their key names differ from ours in four places only,
 listed in ``AUTHORS_KEY_RENAMES``.
+
+An AR export records the 2D RoPE rule its model was trained with (``rope``): the AR model's
+table is not saved with its weights, so an export without the rule of this version (one made
+by spherear 0.1) is refused rather than sampled with positions it never saw. A VAE export
+carries its table in ``vae.safetensors`` and loads whatever rule made it.
 
 ``load_checkpoint`` and ``inspect_checkpoint`` also take ``hf://USER/REPO[@REVISION][/FILE]``
 addresses (``spherear.hub_files``), read from the Hugging Face cache like any local path.
@@ -31,24 +37,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from spherear.config import (
-    ARConfig,
-    Recipe,
-    VAEConfig,
-    recipe_from_dict,
-    recipe_to_dict,
-    save_recipe,
+from spherear.checkpoint_header import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ROPE_CONVENTION,
+    CheckpointError,
+    export_folder,
+    read_export_config,
 )
-from spherear.errors import SpherearError
+from spherear.config import ARConfig, Recipe, VAEConfig, recipe_to_dict, save_recipe
 from spherear.hub_files import resolve
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
 from spherear.models.registry import AR_SIZES, spell_out
 from spherear.models.transformer import rope_table_2d
 from spherear.models.vae import SphericalVAE
-
-FORMAT_NAME = "spherear"
-FORMAT_VERSION = 1
 
 # (authors' prefix, our prefix). Theirs wraps the conv stacks in Sequentials whose other
 # entries are parameter-free reshapes, and the head MLP in a ``net`` attribute.
@@ -58,10 +61,6 @@ AUTHORS_KEY_RENAMES: list[tuple[str, str]] = [
     ("vae.decoder.conv_in.1.", "vae.decoder.conv_in."),
     ("head.net.", "head."),
 ]
-
-
-class CheckpointError(SpherearError):
-    """A file that is not a usable checkpoint; the message says which and why."""
 
 
 def authors_to_ours(key: str) -> str:
@@ -341,39 +340,12 @@ def save_pretrained(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "kind": "ar" if ar_state is not None else "vae",
+        "rope": ROPE_CONVENTION,
         "recipe": recipe_to_dict(recipe),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_recipe(recipe, out)
     return out
-
-
-def _our_folder(path: Path) -> Path | None:
-    """The export folder ``path`` names (the folder or its config.json), else None."""
-    if path.is_dir():
-        folder = path
-    elif path.name == "config.json":
-        folder = path.parent
-    else:
-        return None
-    config = folder / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return folder if json.loads(config.read_text()).get("format") == FORMAT_NAME else None
-    except json.JSONDecodeError:
-        return None
-
-
-def _read_config(folder: Path) -> tuple[dict, Recipe]:
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    if config.get("kind") not in ("vae", "ar") or not isinstance(config.get("recipe"), dict):
-        raise CheckpointError(f"{path}: needs 'kind' ('vae' or 'ar') and a 'recipe' table")
-    recipe = recipe_from_dict(config["recipe"], str(path))
-    if config["kind"] == "ar" and recipe.ar is None:
-        raise CheckpointError(f"{path}: kind 'ar' but the recipe has no [ar] section")
-    return config, recipe
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
@@ -386,10 +358,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
-    folder = _our_folder(Path(path))
+    folder = export_folder(Path(path))
     if folder is None:
         raise CheckpointError(f"{path}: no spherear config.json here; pass an export folder")
-    config, recipe = _read_config(folder)
+    config, recipe = read_export_config(folder)
     vae_state = _load_file(folder / "vae.safetensors")
     vae = _empty(lambda: build_vae(recipe), vae_state)
     _load_strict(vae, vae_state, folder / "vae.safetensors")
@@ -408,7 +380,7 @@ def load_checkpoint(path: str | Path, weights: str = "ema") -> Loaded:
     """Our export folder or an authors' ``.pt``, whichever ``path`` is; either may be an
     ``hf://USER/REPO[@REVISION][/FILE]`` address, whose pinned commit the description names."""
     local, pinned = resolve(path)
-    if _our_folder(local) is not None:
+    if export_folder(local) is not None:
         loaded = load_pretrained(local, weights)
     else:
         loaded = load_authors_checkpoint(local, "ema" if weights == "ema" else "model")
@@ -428,9 +400,9 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
 
 
 def _inspect_local(path: Path) -> CheckpointInfo:
-    folder = _our_folder(path)
+    folder = export_folder(path)
     if folder is not None:
-        config, recipe = _read_config(folder)
+        config, recipe = read_export_config(folder)
         size = recipe.ar.size if recipe.ar is not None else None
         return CheckpointInfo(
             str(folder), FORMAT_NAME, "full" if config["kind"] == "ar" else "vae", size,

@@ -30,60 +30,13 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import Loaded
-from spherear.config import SampleConfig
-from spherear.errors import SpherearError
-from spherear.hub_files import parse_address
-from spherear.runs import latest_run
+from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 
 SETTINGS = "settings.json"
 # bump when the streams, the chunking or the quantisation change, so old chunks never mix in
 SCHEME = 1
-LABEL_STREAM, NOISE_STREAM = 0, 1
+NOISE_STREAM = 1
 GRID_CLASSES, GRID_PER_CLASS = 16, 8
-
-
-class SampleError(SpherearError):
-    """Sampling cannot start or continue; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to sample; with the weights and the device, this fixes every output byte."""
-
-    n: int
-    cfg: float
-    cfg_schedule: str
-    steps: int
-    sampler: str
-    labels: str = "balanced"
-    seed: int = 0
-    batch_size: int = 100
-    weights: str = "ema"
-
-    @classmethod
-    def from_recipe(cls, defaults: SampleConfig, n: int, **given) -> Plan:
-        """``given`` values that are None fall back to the recipe's ``[sample]`` section."""
-        for key in ("cfg", "cfg_schedule", "steps", "sampler"):
-            if given.get(key) is None:
-                given[key] = getattr(defaults, key)
-        return cls(n=n, **{k: v for k, v in given.items() if v is not None})
-
-    @property
-    def tag(self) -> str:
-        """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0."""
-        raw = "-raw" if self.weights == "raw" else ""
-        return (
-            f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{self.steps}-{self.sampler}-"
-            f"{self.labels}-seed{self.seed}{raw}"
-        )
-
-
-@dataclass
-class Source:
-    """The checkpoint to load (a local path or an hf:// address) and the run it belongs to."""
-
-    checkpoint: str
-    run: Path | None = None
 
 
 @dataclass
@@ -104,70 +57,12 @@ class Result:
 
 
 # ---------------------------------------------------------------------------------------
-# Where from, where to
-
-
-def _is_run(path: Path) -> bool:
-    return (path / "recipe.toml").is_file() and (path / "export" / "config.json").is_file()
-
-
-def find_checkpoint(checkpoint: str | None, runs: str | Path = "runs") -> Source:
-    """A run folder (its export), an export, an authors' file or an hf:// address; without
-    one, the newest AR run under ``runs``."""
-    if checkpoint is None:
-        run = latest_run(runs, kind="ar")
-        return Source(str(run / "export"), run)
-    if parse_address(checkpoint) is not None:
-        return Source(checkpoint)
-    path = Path(checkpoint)
-    if _is_run(path):
-        return Source(str(path / "export"), path)
-    in_run = _is_run(path.parent) and path.resolve() == (path.parent / "export").resolve()
-    return Source(checkpoint, path.parent if in_run else None)
-
-
-def default_out(source: Source, plan: Plan) -> Path:
-    """``<run>/samples/<tag>``; for a checkpoint outside a run, ``samples/<name>-<tag>``
-    beside it (in the working folder for an hf:// address)."""
-    if source.run is not None:
-        return source.run / "samples" / plan.tag
-    address = parse_address(source.checkpoint)
-    if address is not None:
-        return Path("samples") / f"{Path(address.path or address.repo_id).stem}-{plan.tag}"
-    path = Path(source.checkpoint)
-    return path.parent / "samples" / f"{path.stem}-{plan.tag}"
-
-
-# ---------------------------------------------------------------------------------------
-# Labels and noise: functions of (seed, i) alone
+# Noise: a function of (seed, i) alone
 
 
 def _stream_seed(seed: int, index: int, stream: int) -> int:
     # SeedSequence mixes the triple, so neighbouring (seed, i) give unrelated streams
     return int(np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0])
-
-
-def class_labels(n: int, num_classes: int, mode: str, seed: int) -> np.ndarray:
-    """``balanced``: image i has class i mod num_classes, so n / num_classes per class;
-    ``random``: uniform, as the authors sampled, each label from the stream of (seed, i)."""
-    if mode == "balanced":
-        if n % num_classes:
-            lower = n // num_classes * num_classes
-            nearest = lower if lower and n - lower <= num_classes / 2 else lower + num_classes
-            raise SampleError(
-                f"--n {n} does not split evenly over {num_classes} classes (--labels balanced); "
-                f"use --n {nearest}, or --labels random"
-            )
-        return np.arange(n, dtype=np.int64) % num_classes
-    if mode == "random":
-        return np.array(
-            [
-                np.random.default_rng([seed, i, LABEL_STREAM]).integers(num_classes)
-                for i in range(n)
-            ],
-            np.int64,
-        )
-    raise SampleError(f"--labels {mode!r}: use 'balanced' or 'random'")
 
 
 def noise_generators(seed: int, indices: range, device: torch.device) -> list[torch.Generator]:
@@ -356,10 +251,7 @@ def sample_images(
 
     out = Path(out)
     if loaded.ar is None:
-        raise SampleError(
-            f"{loaded.description} holds only a VAE; sample needs a full SphereAR "
-            "(a train-ar run or export, or the authors' SphereAR_*.pt)"
-        )
+        raise only_a_vae(loaded.description)
     labels = class_labels(plan.n, loaded.recipe.ar.num_classes, plan.labels, plan.seed)
     record = settings_record(loaded, plan, accelerator.device)
     check_settings(out, record)

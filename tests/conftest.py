@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -36,6 +37,22 @@ def tiny_recipe() -> Recipe:
             "ar.diff_batch_mul=4",
         ],
     )
+
+
+def spec_rope_table(grid: int, head_dim: int, num_prefix: int, x_first: bool = True):
+    """The 2D RoPE table as shared/reference/spherear-facts.md words it, one angle at a time:
+    prefix tokens at (0, 0); token (r, c) at x = c + 1.5, y = r + 1.5; pair p < d/4 turns by
+    x f_p, pair d/4 + p by y f_p, f_j = 10000^(-2j / (d/2)). ``x_first=False`` swaps the
+    axes, to show that the order matters."""
+    quarter = head_dim // 4
+    freqs = [10000 ** (-2 * j / (head_dim / 2)) for j in range(quarter)]
+    rows = [[(1.0, 0.0)] * (2 * quarter) for _ in range(num_prefix)]
+    for r in range(grid):
+        for c in range(grid):
+            first, second = (c + 1.5, r + 1.5) if x_first else (r + 1.5, c + 1.5)
+            angles = [first * f for f in freqs] + [second * f for f in freqs]
+            rows.append([(math.cos(a), math.sin(a)) for a in angles])
+    return torch.tensor(rows, dtype=torch.float64)
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,8 @@ from spherear.checkpoints import (
 )
 from spherear.models import build_ar, build_vae
 from spherear.models.registry import resolve_ar
-from spherear.models.transformer import rope_table_2d
 
-from .conftest import ROOT
+from .conftest import ROOT, spec_rope_table
 
 
 def _rows(model: str) -> list[tuple[str, tuple]]:
@@ -47,7 +46,7 @@ def _state(model: str, offset: float) -> dict[str, torch.Tensor]:
     state = {}
     for i, (key, shape) in enumerate(_rows(model)):
         if key.endswith("freqs_cis"):
-            state[key] = rope_table_2d(16, 64, 4)  # the real table: a buffer, not a weight
+            state[key] = spec_rope_table(16, 64, 4).float()  # a buffer, by the released rule
         else:
             state[key] = torch.tensor(i + offset).expand(shape)
     return state

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from spherear.checkpoint_header import Header
 from spherear.checkpoints import save_pretrained
 from spherear.config import load_recipe, save_recipe
 from spherear.models import build_ar, build_vae
-from spherear.sample import SampleError, class_labels, to_uint8
+from spherear.sample import to_uint8
+from spherear.sample_plan import Plan, SampleError, check_plan, class_labels
 
 from .conftest import kill_when
 
@@ -141,3 +143,16 @@ def test_quantisation_is_the_authors_truncating_clamp():
     out = to_uint8(x.expand(1, 3, 1, 8))
     assert out.shape == (1, 1, 8, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 127, 128, 128, 191, 255, 255]
+
+
+def test_a_plan_the_checkpoint_cannot_meet_is_refused_from_its_header():
+    plan = Plan(n=20, cfg=4.5, cfg_schedule="linear", steps=10, sampler="sde", weights="raw")
+    cases = [
+        (Header("v.pt", "vae", None, ()), "v.pt holds only a VAE"),
+        (Header("e", "ar", 10, ("ema",)), "e holds no raw AR weights (it has: ema); pass --wei"),
+        (Header("b.pt", "ar", 1000, ("ema", "raw")), "--n 20 does not split evenly over 1000"),
+    ]  # fmt: skip
+    for header, message in cases:
+        with pytest.raises(SampleError, match=re.escape(message)):
+            check_plan(plan, header)
+    check_plan(plan, Header("b.pt", "ar", 10, ("ema", "raw")))

@@ -1,9 +1,10 @@
 """The transformer block shared by the S-VAE and the AR model, and its 2D rotary embedding.
 
 Pre-RMSNorm attention (one bias-free qkv projection) and a bias-free SwiGLU MLP. Positions
-enter only through 2D RoPE: each head's dimensions are split in two halves, rotated by the
-token's row and by its column. Prefix tokens (VAE registers, AR class tokens) sit at (0, 0),
-so grid tokens are numbered from 1.
+enter only through 2D RoPE, by the released models' rule: a grid token sits at its patch
+centre shifted by one, x = column + 1.5 and y = row + 1.5; prefix tokens (VAE registers, AR
+class tokens) sit at (0, 0), unrotated. The first half of each head's pairs turns with x (the
+column), the second half with y.
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ from spherear.models.kv_cache import KVCache
 def rope_table_2d(
     grid_size: int, head_dim: int, num_prefix: int, base: float = 10000.0
 ) -> torch.Tensor:
-    """(num_prefix + grid_size**2, head_dim // 2, 2) table of (cos, sin), raster order."""
+    """(num_prefix + grid_size**2, head_dim // 2, 2) table of (cos, sin), raster order.
+
+    Pair p < head_dim / 4 of a grid token turns by x * f_p and pair head_dim / 4 + p by
+    y * f_p, with f_j = base^(-2j / (head_dim / 2)). Computed in float32 as the released
+    models did, so that their outputs are reproduced to the bit. Exports record this rule as
+    ``spherear.checkpoint_header.ROPE_CONVENTION``.
+    """
     axis_dim = head_dim // 2
-    freqs = 1.0 / base ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
-    angles = torch.outer(torch.arange(1, grid_size + 1, dtype=torch.float64), freqs)
-    g = grid_size
-    grid = torch.cat(
-        [angles[:, None, :].expand(g, g, -1), angles[None, :, :].expand(g, g, -1)], dim=-1
-    ).reshape(g * g, axis_dim)
-    grid = torch.cat([torch.zeros(num_prefix, axis_dim, dtype=torch.float64), grid])
-    return torch.stack([grid.cos(), grid.sin()], dim=-1).float()
+    freqs = 1.0 / base ** (torch.arange(0, axis_dim, 2, dtype=torch.float32) / axis_dim)
+    centres = torch.arange(grid_size, dtype=torch.float32) + 1.5
+    y, x = torch.meshgrid(centres, centres, indexing="ij")  # raster order: row by row
+    grid = torch.cat([torch.outer(x.flatten(), freqs), torch.outer(y.flatten(), freqs)], dim=1)
+    angles = torch.cat([torch.zeros(num_prefix, axis_dim), grid])
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import Loaded, load_checkpoint, save_pretrained
-from spherear.config import Recipe, save_recipe
+from spherear.config import Recipe
 from spherear.data.latent_cache import LatentDataset, file_fingerprint, view_names
 from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_ar
 from spherear.models.power_spherical import PowerSpherical
-from spherear.models.registry import spell_out
 from spherear.train.curves import plot_curves
 from spherear.train.loop import (
     EMA,
@@ -46,6 +45,7 @@ from spherear.train.session import (
     check_resume,
     fused_optimizers,
     make_accelerator,
+    record_run,
     save_grid,
     trackers,
 )
@@ -146,7 +146,7 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     per_epoch = steps_per_epoch(len(source), plan.global_batch)
     total = total_steps(cfg, per_epoch)
     if accelerator.is_main_process:
-        save_recipe(spell_out(recipe), run_dir)
+        record_run(recipe, run_dir)
 
     torch.manual_seed(recipe.run.seed)  # the same initial weights on every process
     ar = build_ar(recipe)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
 
-from spherear.config import Recipe, TrainConfig, recipe_to_dict
+from spherear.checkpoint_header import ROPE_CONVENTION
+from spherear.config import Recipe, TrainConfig, recipe_to_dict, save_recipe
+from spherear.models.registry import spell_out
+
+# Beside recipe.toml: what the run's weights depend on beyond the recipe. The AR model's RoPE
+# table is not saved in its checkpoints, so a run started under another rule must not go on.
+RUN_RECORD = "run.json"
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path):
@@ -72,16 +79,38 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     tmp.replace(path)
 
 
+def record_run(recipe: Recipe, run_dir: Path) -> None:
+    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``."""
+    save_recipe(spell_out(recipe), run_dir)
+    record = json.dumps({"rope": ROPE_CONVENTION}, indent=2) + "\n"
+    tmp = run_dir / f".{RUN_RECORD}.tmp"
+    tmp.write_text(record)
+    tmp.replace(run_dir / RUN_RECORD)
+
+
+def _rope_of(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / RUN_RECORD).read_text()).get("rope")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
-    """A run folder continues only the architecture it was started with."""
+    """A run folder continues only the architecture (and RoPE rule) it was started with."""
     from spherear.config import load_recipe
-    from spherear.models.registry import spell_out
     from spherear.train.loop import TrainingError
 
     saved_path = run_dir / "recipe.toml"
     if not saved_path.is_file():
         return
     saved = load_recipe(saved_path)
+    trained = any((run_dir / "checkpoints").glob("step-*")) or (run_dir / "export").is_dir()
+    if recipe.ar is not None and trained and _rope_of(run_dir) != ROPE_CONVENTION:
+        raise TrainingError(
+            f"{run_dir}: trained by an earlier spherear with another 2D RoPE table (its "
+            f"{RUN_RECORD} does not say rope '{ROPE_CONVENTION}'), so its weights cannot go on "
+            f"under this version; delete {run_dir} or set another run.output_dir to retrain"
+        )
 
     def arch(r: Recipe):
         return r.vae, spell_out(r).ar

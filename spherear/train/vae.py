@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import save_pretrained
-from spherear.config import Recipe, RecipeError, save_recipe
+from spherear.config import Recipe, RecipeError
 from spherear.data.prepare import PreparedImages
 from spherear.data.transforms import center_crop, to_tensor, train_view
 from spherear.models import build_vae
@@ -43,6 +43,7 @@ from spherear.train.session import (
     check_resume,
     fused_optimizers,
     make_accelerator,
+    record_run,
     save_grid,
     trackers,
 )
@@ -94,7 +95,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     check_resume(recipe, run_dir)
     accelerator = make_accelerator(cfg, run_dir)
     if accelerator.is_main_process:
-        save_recipe(recipe, run_dir)
+        record_run(recipe, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     images = PreparedImages(recipe.data.prepared)
     num_train = len(images) - held_out_count(len(images))  # the rest is held out

@@ -7,6 +7,8 @@ from spherear.models import build_ar, build_vae
 from spherear.models.ar import cfg_scales, to_sphere
 from spherear.models.flow import sample_ode, sample_sde
 
+from ..conftest import spec_rope_table
+
 RADIUS = math.sqrt(16)
 
 
@@ -39,6 +41,28 @@ def test_kv_cached_decoding_equals_full_causal_forward(tiny_recipe):
     cached = torch.stack(steps, 1)
     assert cached.shape == full.shape == (3, ar.num_tokens, ar.cfg.width)
     assert (cached - full).abs().max().item() <= 1e-5
+
+
+def test_trunk_positions_follow_the_released_rule_column_first(tiny_recipe):
+    """The AR table is not in the released files, so only the rule pins it: the model's
+    attention must see exactly the table of the facts file, and swapping its x and y halves
+    (rows first, as spherear 0.1 did) must change what the trunk computes."""
+    ar = build_ar(tiny_recipe).eval()
+    with torch.no_grad():  # sharp attention, as after training (at init it is near-uniform)
+        for layer in ar.layers:
+            layer.attention.wqkv.weight.mul_(20)
+    grid, head_dim = math.isqrt(ar.num_tokens), ar.cfg.width // ar.cfg.num_heads
+    rule = spec_rope_table(grid, head_dim, ar.num_prefix).float()
+    swapped = spec_rope_table(grid, head_dim, ar.num_prefix, x_first=False).float()
+    tokens, labels = _sphere_tokens(ar, 2), torch.tensor([3, 4])
+    with torch.no_grad():
+        ours = ar.conditions(tokens, labels)
+        ar.rope = rule
+        by_rule = ar.conditions(tokens, labels)
+        ar.rope = swapped
+        by_swapped = ar.conditions(tokens, labels)
+    assert (ours - by_rule).abs().max().item() <= 1e-4
+    assert (by_swapped - by_rule).abs().max().item() > 0.1
 
 
 @pytest.mark.parametrize("cfg", [1.0, 4.5])

@@ -1,18 +1,36 @@
-import numpy as np
+"""What a run folder records and what it lets continue."""
+
+import json
+
 import pytest
-import torch
-from PIL import Image
 
-from spherear.train.session import save_grid
+from spherear.config import load_recipe
+from spherear.train.loop import TrainingError
+from spherear.train.session import check_resume, record_run
+
+from ..conftest import ROOT
 
 
-@pytest.mark.parametrize("n, nrow", [(7, 3), (32, 4), (10, 10)])
-def test_grid_is_byte_identical_to_torchvision(tmp_path, n, nrow):
-    from torchvision.utils import save_image
+def test_an_ar_run_of_spherear_0_1_does_not_continue(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "tiny.toml")
+    run = tmp_path / "run"
+    run.mkdir()
+    record_run(recipe, run)
+    assert json.loads((run / "run.json").read_text()) == {"rope": "2d-centre-x-first"}
+    (run / "checkpoints" / "step-00000500").mkdir(parents=True)
+    check_resume(recipe, run)  # made by this version: goes on
+    (run / "run.json").unlink()  # as spherear 0.1 left its runs
+    with pytest.raises(TrainingError, match=r"another 2D RoPE table .* delete .*run or set"):
+        check_resume(recipe, run)
+    (run / "checkpoints" / "step-00000500").rmdir()
+    check_resume(recipe, run)  # nothing trained yet: nothing to protect
 
-    images = torch.rand(n, 3, 8, 6, generator=torch.Generator().manual_seed(n)) * 2.2 - 1.1
-    save_image(((images + 1) / 2).clamp(0, 1), tmp_path / "torchvision.png", nrow=nrow)
-    save_grid(images, tmp_path / "grid.png", nrow)
-    ours = np.asarray(Image.open(tmp_path / "grid.png"))
-    assert np.array_equal(ours, np.asarray(Image.open(tmp_path / "torchvision.png")))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "torchvision.png"]
+
+def test_an_old_vae_run_continues_its_table_is_in_its_checkpoints(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "tiny_vae.toml")
+    run = tmp_path / "vae"
+    run.mkdir()
+    record_run(recipe, run)
+    (run / "run.json").unlink()
+    (run / "checkpoints" / "step-00000200").mkdir(parents=True)
+    check_resume(recipe, run)

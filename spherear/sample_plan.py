@@ -1,0 +1,146 @@
+"""What ``spherear sample`` makes, decided before any weights are read.
+
+The plan (how many images, guidance, steps, labels, seed, chunk size) and the labels of every
+image, where the checkpoint comes from and where the samples go. Nothing here imports torch:
+the command checks its arguments against the checkpoint's header (``checkpoint_header``) and
+stops in one line, before loading gigabytes of weights for a request that cannot be met.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spherear.checkpoint_header import Header
+from spherear.config import SampleConfig
+from spherear.errors import SpherearError
+from spherear.hub_files import parse_address
+from spherear.runs import latest_run
+
+LABEL_STREAM = 0
+
+
+class SampleError(SpherearError):
+    """Sampling cannot start or continue; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to sample; with the weights and the device, this fixes every output byte."""
+
+    n: int
+    cfg: float
+    cfg_schedule: str
+    steps: int
+    sampler: str
+    labels: str = "balanced"
+    seed: int = 0
+    batch_size: int = 100
+    weights: str = "ema"
+
+    @classmethod
+    def from_recipe(cls, defaults: SampleConfig, n: int, **given) -> Plan:
+        """``given`` values that are None fall back to the recipe's ``[sample]`` section."""
+        for key in ("cfg", "cfg_schedule", "steps", "sampler"):
+            if given.get(key) is None:
+                given[key] = getattr(defaults, key)
+        return cls(n=n, **{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def tag(self) -> str:
+        """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0."""
+        raw = "-raw" if self.weights == "raw" else ""
+        return (
+            f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{self.steps}-{self.sampler}-"
+            f"{self.labels}-seed{self.seed}{raw}"
+        )
+
+
+def only_a_vae(description: str) -> SampleError:
+    return SampleError(
+        f"{description} holds only a VAE; sample needs a full SphereAR "
+        "(a train-ar run or export, or the authors' SphereAR_*.pt)"
+    )
+
+
+def check_plan(plan: Plan, header: Header) -> None:
+    """Refuse, in one line, a plan that the checkpoint described by ``header`` cannot meet."""
+    if header.kind != "ar":
+        raise only_a_vae(header.path)
+    if plan.weights not in header.weights:
+        raise SampleError(
+            f"{header.path} holds no {plan.weights} AR weights (it has: "
+            f"{', '.join(header.weights) or 'none'}); pass --weights {header.weights[0]}"
+            if header.weights
+            else f"{header.path} holds no AR weights; re-export the run"
+        )
+    check_label_split(plan.n, header.num_classes, plan.labels)
+
+
+def check_label_split(n: int, num_classes: int, mode: str) -> None:
+    if mode not in ("balanced", "random"):
+        raise SampleError(f"--labels {mode!r}: use 'balanced' or 'random'")
+    if mode == "balanced" and n % num_classes:
+        lower = n // num_classes * num_classes
+        nearest = lower if lower and n - lower <= num_classes / 2 else lower + num_classes
+        raise SampleError(
+            f"--n {n} does not split evenly over {num_classes} classes (--labels balanced); "
+            f"use --n {nearest}, or --labels random"
+        )
+
+
+def class_labels(n: int, num_classes: int, mode: str, seed: int) -> np.ndarray:
+    """``balanced``: image i has class i mod num_classes, so n / num_classes per class;
+    ``random``: uniform, as the authors sampled, each label from the stream of (seed, i)."""
+    check_label_split(n, num_classes, mode)
+    if mode == "balanced":
+        return np.arange(n, dtype=np.int64) % num_classes
+    return np.array(
+        [np.random.default_rng([seed, i, LABEL_STREAM]).integers(num_classes) for i in range(n)],
+        np.int64,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Where from, where to
+
+
+@dataclass
+class Source:
+    """The checkpoint to load (a local path or an hf:// address) and the run it belongs to."""
+
+    checkpoint: str
+    run: Path | None = None
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "recipe.toml").is_file() and (path / "export" / "config.json").is_file()
+
+
+def find_checkpoint(checkpoint: str | None, runs: str | Path = "runs") -> Source:
+    """A run folder (its export), an export, an authors' file or an hf:// address; without
+    one, the newest AR run under ``runs``."""
+    if checkpoint is None:
+        run = latest_run(runs, kind="ar")
+        return Source(str(run / "export"), run)
+    if parse_address(checkpoint) is not None:
+        return Source(checkpoint)
+    path = Path(checkpoint)
+    if _is_run(path):
+        return Source(str(path / "export"), path)
+    in_run = _is_run(path.parent) and path.resolve() == (path.parent / "export").resolve()
+    return Source(checkpoint, path.parent if in_run else None)
+
+
+def default_out(source: Source, plan: Plan) -> Path:
+    """``<run>/samples/<tag>``; for a checkpoint outside a run, ``samples/<name>-<tag>``
+    beside it (in the working folder for an hf:// address)."""
+    if source.run is not None:
+        return source.run / "samples" / plan.tag
+    address = parse_address(source.checkpoint)
+    if address is not None:
+        return Path("samples") / f"{Path(address.path or address.repo_id).stem}-{plan.tag}"
+    path = Path(source.checkpoint)
+    return path.parent / "samples" / f"{path.stem}-{plan.tag}"
