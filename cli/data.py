@@ -76,7 +76,7 @@ def cache_latents(
     import torch
     from accelerate import Accelerator
 
-    from spherear.checkpoints import load_checkpoint
+    from spherear.checkpoints import load_vae
     from spherear.config import load_recipe
     from spherear.data.latent_cache import CacheError
     from spherear.data.latent_cache import cache_latents as run
@@ -85,12 +85,7 @@ def cache_latents(
     vae = vae or resolved.train.vae_checkpoint
     if not vae:
         raise CacheError(f"{recipe}: no train.vae_checkpoint; pass --vae with a trained S-VAE")
-    loaded = load_checkpoint(vae)
-    if loaded.recipe.vae != resolved.vae:
-        raise CacheError(
-            f"{vae}: its VAE ({loaded.recipe.vae}) is not the one {recipe} describes "
-            f"({resolved.vae}); pass the matching recipe or checkpoint"
-        )
+    loaded = load_vae(vae, resolved.vae)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     data = data or Path(resolved.data.prepared)
     out = out or Path(resolved.data.latents)

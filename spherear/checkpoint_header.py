@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spherear.config import Recipe, SampleConfig, recipe_from_dict
+from spherear.config import Recipe, SampleConfig, VAEConfig, recipe_from_dict
 from spherear.errors import SpherearError
 
 FORMAT_NAME = "spherear"
@@ -49,6 +49,7 @@ class Header:
     num_classes: int | None
     weights: tuple[str, ...]  # which of "ema", "raw" it holds for the AR model
     sample: SampleConfig = field(default_factory=SampleConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)  # the authors' files: the 256px S-VAE
 
 
 def _rebuild_tensor(storage, offset, size, *rest) -> TensorInfo:
@@ -137,10 +138,10 @@ def read_export_config(folder: Path) -> tuple[dict, Recipe]:
 def _export_header(folder: Path) -> Header:
     config, recipe = read_export_config(folder)
     if config["kind"] == "vae":
-        return Header(str(folder), "vae", None, (), recipe.sample)
+        return Header(str(folder), "vae", None, (), recipe.sample, recipe.vae)
     weights = tuple(w for w, name in (("ema", "ar.safetensors"), ("raw", "ar_raw.safetensors"))
                     if (folder / name).is_file())  # fmt: skip
-    return Header(str(folder), "ar", recipe.ar.num_classes, weights, recipe.sample)
+    return Header(str(folder), "ar", recipe.ar.num_classes, weights, recipe.sample, recipe.vae)
 
 
 def _authors_header(path: Path) -> Header | None:

@@ -26,6 +26,7 @@ addresses (``spherear.hub_files``), read from the Hugging Face cache like any lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pickle
@@ -44,6 +45,7 @@ from spherear.checkpoint_header import (
     CheckpointError,
     export_folder,
     read_export_config,
+    read_header,
 )
 from spherear.config import ARConfig, Recipe, VAEConfig, recipe_to_dict, save_recipe
 from spherear.hub_files import resolve
@@ -386,6 +388,31 @@ def load_checkpoint(path: str | Path, weights: str = "ema") -> Loaded:
         loaded = load_authors_checkpoint(local, "ema" if weights == "ema" else "model")
     if pinned is not None:
         loaded.description = f"{pinned}, cached as {loaded.description}"
+    return loaded
+
+
+def _same_vae(path, found: VAEConfig, expected: VAEConfig) -> None:
+    differ = [
+        f"{f.name} {getattr(found, f.name)!r} there, {getattr(expected, f.name)!r} in the recipe"
+        for f in dataclasses.fields(VAEConfig)
+        if getattr(found, f.name) != getattr(expected, f.name)
+    ]
+    if differ:
+        raise CheckpointError(
+            f"{path}: its S-VAE is not the recipe's [vae] ({'; '.join(differ)}); point "
+            "train.vae_checkpoint (or --vae) at the S-VAE the recipe describes, or fix [vae]"
+        )
+
+
+def load_vae(path: str | Path, expected: VAEConfig) -> Loaded:
+    """The S-VAE of an export or an authors' file, refused in one line when it is not
+    ``expected``: from its header, before any weights load, where the format allows."""
+    local, _ = resolve(path)
+    header = read_header(local)
+    if header is not None:
+        _same_vae(path, header.vae, expected)
+    loaded = load_checkpoint(path)
+    _same_vae(path, loaded.recipe.vae, expected)
     return loaded
 
 

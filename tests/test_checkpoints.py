@@ -24,6 +24,7 @@ from spherear.checkpoints import (
     inspect_checkpoint,
     load_authors_checkpoint,
     load_checkpoint,
+    load_vae,
     ours_to_authors,
     save_pretrained,
 )
@@ -227,3 +228,16 @@ def test_export_round_trip(tmp_path, tiny_recipe, monkeypatch, meta_above):
     torch.testing.assert_close(loaded.vae.encode(images).mu, vae.encode(images).mu)
     info = inspect_checkpoint(out / "config.json")
     assert (info.origin, info.kind, info.size, info.has_ema) == ("spherear", "full", "tiny", True)
+
+
+def test_a_vae_unlike_the_recipes_is_refused_before_its_weights_load(tmp_path, tiny_recipe):
+    export = save_pretrained(tmp_path / "exp", tiny_recipe, build_vae(tiny_recipe))
+    (export / "vae.safetensors").write_bytes(b"never read")
+    other = dataclasses.replace(tiny_recipe.vae, resolution=64, latent_dim=8)
+    with pytest.raises(CheckpointError) as e:
+        load_vae(export, other)
+    assert str(e.value) == (
+        f"{export}: its S-VAE is not the recipe's [vae] (resolution 32 there, 64 in the "
+        "recipe; latent_dim 16 there, 8 in the recipe); point train.vae_checkpoint (or --vae) "
+        "at the S-VAE the recipe describes, or fix [vae]"
+    )

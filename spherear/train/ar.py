@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spherear.checkpoints import Loaded, load_checkpoint, save_pretrained
+from spherear.checkpoints import Loaded, load_vae, save_pretrained
 from spherear.config import Recipe
 from spherear.data.latent_cache import LatentDataset, file_fingerprint, view_names
 from spherear.data.prepare import PreparedImages
@@ -103,13 +103,7 @@ def _load_vae(recipe: Recipe) -> Loaded:
             "train.vae_checkpoint is empty: set it to the S-VAE that encoded the data "
             "(a train-vae export folder or the authors' vae.pt)"
         )
-    loaded = load_checkpoint(path)
-    if loaded.recipe.vae != recipe.vae:
-        raise TrainingError(
-            f"train.vae_checkpoint {path} is a different S-VAE ({loaded.recipe.vae}) from the "
-            f"recipe's [vae] ({recipe.vae}); make them match"
-        )
-    return loaded
+    return load_vae(path, recipe.vae)
 
 
 def _source(recipe: Recipe):
