@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from spherear.config import load_recipe
+from spherear.config import SampleConfig, load_recipe
 from spherear.models import build_ar, count_parameters
-from spherear.models.ar import SphereAR, to_sphere
+from spherear.models.ar import SphereAR
+from spherear.models.token_sampler import to_sphere
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SIZES = {"tiny": "tiny.toml", "B": "sphere_b.toml", "L": "sphere_l.toml", "H": "sphere_h.toml"}
@@ -197,7 +198,7 @@ class _EnoughTokens(Exception):
 def first_tokens_only(ar: SphereAR, k: int):
     """Make ``ar.sample`` stop (raising _EnoughTokens) when it asks for token ``k``.
 
-    ``sample`` hands its CFG + SDE ``choose(i, z)`` to ``decode_loop``; an instance attribute
+    ``sample`` hands its token sampler ``choose(i, z)`` to ``decode_loop``; an instance attribute
     shadows that method with one that wraps ``choose``, so the timed code is sample's own.
     The k timed tokens each cost one head sampling and one trunk step (the trunk step of
     token k - 1 runs before the stop), like a token of a full run.
@@ -227,7 +228,8 @@ def sample_seconds(ar: SphereAR, labels: torch.Tensor, k: int, device: torch.dev
     sync(device)
     start = time.perf_counter()
     with contextlib.suppress(_EnoughTokens), first_tokens_only(ar, k), autocast(device):
-        ar.sample(labels, cfg=CFG, cfg_schedule=CFG_SCHEDULE, steps=STEPS, sampler=SAMPLER)
+        ar.sample(labels, SampleConfig(cfg=CFG, cfg_schedule=CFG_SCHEDULE, steps=STEPS,
+                                       sampler=SAMPLER))  # fmt: skip
     sync(device)
     return time.perf_counter() - start
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def one_step(recipe_path: str, batch: int, mode: str) -> dict:
     from spherear.config import load_recipe
     from spherear.models import build_ar, build_vae
-    from spherear.models.ar import to_sphere
+    from spherear.models.token_sampler import to_sphere
     from spherear.train.loop import adamw
 
     recipe = load_recipe(recipe_path)

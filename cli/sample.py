@@ -36,8 +36,24 @@ def sample(
     steps: int | None = typer.Option(
         None, "--steps", min=1, help="Head sampler steps (default: the recipe's)."
     ),
-    sampler: Literal["sde", "ode"] | None = typer.Option(
-        None, "--sampler", help="Head sampler (default: the recipe's)."
+    sampler: Literal["sde", "ode", "heun"] | None = typer.Option(
+        None,
+        "--sampler",
+        help="Head sampler: sde (the paper's), ode (Euler) or heun (second order, few steps) "
+        "(default: the recipe's).",
+    ),
+    steps_last: int | None = typer.Option(
+        None,
+        "--steps-last",
+        min=0,
+        help="Step annealing: --steps for the first token falling linearly to this many for "
+        "the last; 0 = the same steps for every token (default: the recipe's).",
+    ),
+    compiled: bool | None = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="torch.compile the head step (CUDA graphs on a GPU); falls back with a warning "
+        "(default: the recipe's).",
     ),
     labels: Literal["balanced", "random"] = typer.Option(
         "balanced",
@@ -66,7 +82,8 @@ def sample(
     def plan_with(defaults) -> Plan:
         return Plan.from_recipe(
             defaults, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps, sampler=sampler,
-            labels=labels, seed=seed, batch_size=batch_size, weights=weights,
+            steps_last=steps_last, compile=compiled, labels=labels, seed=seed,
+            batch_size=batch_size, weights=weights,
         )  # fmt: skip
 
     # checked against the checkpoint's header before torch loads: a 2 GB file takes a while

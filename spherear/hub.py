@@ -263,9 +263,8 @@ import spherear
 
 loaded = spherear.from_pretrained("{repo_id}"{weights})
 labels = torch.tensor([0, 1, 2, 3])
-tokens = loaded.ar.sample(
-    labels, cfg={s.cfg}, cfg_schedule="{s.cfg_schedule}", steps={s.steps}, sampler="{s.sampler}"
-)
+# the export's sampling settings: CFG {s.cfg} ({s.cfg_schedule}), {s.steps} {s.sampler} steps
+tokens = loaded.ar.sample(labels, loaded.recipe.sample)
 images = loaded.vae.decode(tokens)  # (4, 3, H, W) in about [-1, 1]
 ```
 """

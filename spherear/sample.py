@@ -33,8 +33,9 @@ from spherear.checkpoints import Loaded
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 
 SETTINGS = "settings.json"
-# bump when the streams, the chunking or the quantisation change, so old chunks never mix in
-SCHEME = 1
+# bump when the streams, the chunking, the arithmetic or the quantisation change, so old
+# chunks never mix in (2: time embeddings and condition projections computed once, RoPE)
+SCHEME = 2
 NOISE_STREAM = 1
 GRID_CLASSES, GRID_PER_CLASS = 16, 8
 
@@ -155,10 +156,8 @@ def sample_chunk(
     device = accelerator.device
     y = torch.as_tensor(labels[indices.start : indices.stop], device=device)
     generators = noise_generators(plan.seed, indices, device)
-    with torch.no_grad(), accelerator.autocast():
-        tokens = loaded.ar.sample(
-            y, plan.cfg, plan.cfg_schedule, plan.steps, plan.sampler, generators
-        )
+    with torch.inference_mode(), accelerator.autocast():
+        tokens = loaded.ar.sample(y, plan.sampling, generators)
         images = loaded.vae.decode(tokens)
     return to_uint8(images)
 

@@ -8,7 +8,7 @@ stops in one line, before loading gigabytes of weights for a request that cannot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ class Plan:
     cfg_schedule: str
     steps: int
     sampler: str
+    steps_last: int
+    compile: bool
     labels: str = "balanced"
     seed: int = 0
     batch_size: int = 100
@@ -43,18 +45,25 @@ class Plan:
     @classmethod
     def from_recipe(cls, defaults: SampleConfig, n: int, **given) -> Plan:
         """``given`` values that are None fall back to the recipe's ``[sample]`` section."""
-        for key in ("cfg", "cfg_schedule", "steps", "sampler"):
-            if given.get(key) is None:
-                given[key] = getattr(defaults, key)
+        for f in fields(SampleConfig):
+            if given.get(f.name) is None:
+                given[f.name] = getattr(defaults, f.name)
         return cls(n=n, **{k: v for k, v in given.items() if v is not None})
 
     @property
+    def sampling(self) -> SampleConfig:
+        """How each token is drawn."""
+        return SampleConfig(**{f.name: getattr(self, f.name) for f in fields(SampleConfig)})
+
+    @property
     def tag(self) -> str:
-        """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0."""
-        raw = "-raw" if self.weights == "raw" else ""
+        """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0
+        (steps50to5 with step annealing)."""
+        steps = f"{self.steps}to{self.steps_last}" if self.steps_last else f"{self.steps}"
+        extra = ("-compiled" if self.compile else "") + ("-raw" if self.weights == "raw" else "")
         return (
-            f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{self.steps}-{self.sampler}-"
-            f"{self.labels}-seed{self.seed}{raw}"
+            f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{steps}-{self.sampler}-"
+            f"{self.labels}-seed{self.seed}{extra}"
         )
 
 

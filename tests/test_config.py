@@ -57,8 +57,8 @@ def test_unknown_section_and_wrong_types(tmp_path):
         RecipeError, match=r"'vae.channels' must be a list of integers, got \[1.5\]"
     ):
         load_recipe(_write(tmp_path, "[vae]\nchannels = [1.5]\n"))
-    with pytest.raises(RecipeError, match="'sample.sampler' must be 'sde' or 'ode'"):
-        load_recipe(_write(tmp_path, '[sample]\nsampler = "heun"\n'))
+    with pytest.raises(RecipeError, match="'sample.sampler' must be 'sde' or 'ode' or 'heun'"):
+        load_recipe(_write(tmp_path, '[sample]\nsampler = "rk4"\n'))
     with pytest.raises(RecipeError, match="'run.seed' must be an integer, got True"):
         load_recipe(_write(tmp_path, "[run]\nseed = true\n"))
     with pytest.raises(RecipeError, match="not valid TOML"):

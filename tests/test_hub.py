@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import spherear
 from spherear.checkpoints import load_checkpoint, save_pretrained
 from spherear.cli import app
-from spherear.config import save_recipe
+from spherear.config import SampleConfig, save_recipe
 from spherear.hub import check_card
 from spherear.hub_files import HubAddress, parse_address
 from spherear.models import build_ar, build_vae
@@ -114,7 +114,8 @@ def one_thread():
 
 def sample_images(loaded) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
-    tokens = loaded.ar.sample(torch.tensor([1, 2]), 2.0, "linear", 4, "sde", generator)
+    settings = SampleConfig(cfg=2.0, cfg_schedule="linear", steps=4, sampler="sde")
+    tokens = loaded.ar.sample(torch.tensor([1, 2]), settings, generator)
     return loaded.vae.decode(tokens)
 
 

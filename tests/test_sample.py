@@ -14,7 +14,7 @@ import torch
 
 from spherear.checkpoint_header import Header
 from spherear.checkpoints import save_pretrained
-from spherear.config import load_recipe, save_recipe
+from spherear.config import SampleConfig, load_recipe, save_recipe
 from spherear.models import build_ar, build_vae
 from spherear.sample import to_uint8
 from spherear.sample_plan import Plan, SampleError, check_plan, class_labels
@@ -146,7 +146,7 @@ def test_quantisation_is_the_authors_truncating_clamp():
 
 
 def test_a_plan_the_checkpoint_cannot_meet_is_refused_from_its_header():
-    plan = Plan(n=20, cfg=4.5, cfg_schedule="linear", steps=10, sampler="sde", weights="raw")
+    plan = Plan.from_recipe(SampleConfig(), 20, weights="raw")
     cases = [
         (Header("v.pt", "vae", None, ()), "v.pt holds only a VAE"),
         (Header("e", "ar", 10, ("ema",)), "e holds no raw AR weights (it has: ema); pass --wei"),

@@ -11,33 +11,18 @@ token fed back to the trunk or to the VAE decoder lies on the sphere the VAE was
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from spherear.config import ARConfig
+from spherear.config import ARConfig, SampleConfig
 from spherear.models.diffusion_head import DiffusionHead
-from spherear.models.flow import flow_matching_loss, sample_ode, sample_sde
+from spherear.models.flow import flow_matching_loss
 from spherear.models.kv_cache import KVCache
+from spherear.models.token_sampler import Generators, TokenSampler
 from spherear.models.transformer import Block, RMSNorm, rope_table_2d
-
-
-def to_sphere(x: torch.Tensor) -> torch.Tensor:
-    """Radial normalisation onto the sphere of radius sqrt(dim)."""
-    return F.normalize(x.float(), dim=-1) * math.sqrt(x.shape[-1])
-
-
-def cfg_scales(cfg: float, schedule: str, num_tokens: int) -> list[float]:
-    """Guidance scale per token: constant, or rising linearly from 1 towards ``cfg``."""
-    if schedule == "constant":
-        return [cfg] * num_tokens
-    if schedule == "linear":
-        return [1 + (cfg - 1) * i / num_tokens for i in range(num_tokens)]
-    raise ValueError(f"unknown CFG schedule '{schedule}'; use 'linear' or 'constant'")
 
 
 class SphereAR(nn.Module):
@@ -150,59 +135,21 @@ class SphereAR(nn.Module):
     def sample(
         self,
         labels: torch.Tensor,
-        cfg: float = 4.5,
-        cfg_schedule: str = "linear",
-        steps: int = 100,
-        sampler: str = "sde",
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        settings: SampleConfig | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
-        """Latent tokens (B, N, latent_dim) on the sphere for class ``labels`` (B,).
+        """Latent tokens (B, N, latent_dim) on the sphere for class ``labels`` (B,), each drawn
+        by the head as ``settings`` says (default: the paper's CFG 4.5, linear, 100 SDE steps).
 
         ``generator`` may be a list of B generators, one per row: row j then draws all its
         noise from generator j, so its tokens do not depend on which rows share its batch.
         """
-        if sampler not in ("sde", "ode"):
-            raise ValueError(f"unknown sampler '{sampler}'; use 'sde' or 'ode'")
-        B = len(labels)
-        guided = cfg != 1.0
+        settings = settings or SampleConfig()
         rows = labels
-        if guided:
+        if settings.cfg != 1.0:
             rows = torch.cat([labels, torch.full_like(labels, self.null_class)])
-        scales = cfg_scales(cfg, cfg_schedule, self.num_tokens)
-        out = torch.empty(B, self.num_tokens, self.latent_dim, device=labels.device)
-
-        def choose(i: int, z: torch.Tensor) -> torch.Tensor:
-            def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                if not guided:
-                    return self.head(x, t, z).float()
-                v_cond, v_uncond = self.head(x.repeat(2, 1), t.repeat(2), z).float().chunk(2)
-                return v_uncond + scales[i] * (v_cond - v_uncond)
-
-            noise, eps = self._draw_noise(B, steps if sampler == "sde" else 0, generator, labels)
-            if sampler == "sde":
-                x = sample_sde(velocity, noise, steps, generator=generator, eps=eps)
-            else:
-                x = sample_ode(velocity, noise, steps)
-            out[:, i] = to_sphere(x)  # after CFG: guidance changes the norm, not the sphere
-            return out[:, i].repeat(2, 1) if guided else out[:, i]
-
-        self.decode_loop(rows, choose)
-        return out
-
-    def _draw_noise(
-        self,
-        rows: int,
-        steps: int,
-        generator: torch.Generator | Sequence[torch.Generator] | None,
-        like: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A token's starting noise (rows, latent_dim) and, with per-row generators, the
-        normals of its ``steps`` SDE steps (steps, rows, latent_dim), drawn row by row."""
-        if generator is None or isinstance(generator, torch.Generator):
-            shape = (rows, self.latent_dim)
-            return torch.randn(shape, device=like.device, generator=generator), None
-        shape = (1 + steps, self.latent_dim)
-        draws = torch.stack(
-            [torch.randn(shape, device=like.device, generator=g) for g in generator], 1
-        )
-        return draws[0], draws[1:]
+        sampler = TokenSampler(self.head, len(labels), self.num_tokens, settings, generator,
+                               labels.device)  # fmt: skip
+        with torch.inference_mode():
+            self.decode_loop(rows, sampler)
+        return sampler.tokens.clone()  # a plain tensor: usable where autograd is on

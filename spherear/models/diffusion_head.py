@@ -89,7 +89,13 @@ class DiffusionHead(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Velocity (N, latent_dim) of noisy tokens x (N, latent_dim) at times t (N,) given
         the trunk's conditions z (N, cond_dim)."""
-        y = F.silu(self.time_embed(t) + self.cond_embed(z))
+        return self.run(x, self.time_embed(t), self.cond_embed(z))
+
+    def run(self, x: torch.Tensor, t_emb: torch.Tensor, z_emb: torch.Tensor) -> torch.Tensor:
+        """``forward`` from the embedded time (N or 1, width) and condition (N, width): a
+        sampler embeds each time once for all rows and tokens, each condition once for all
+        of its token's steps."""
+        y = F.silu(t_emb + z_emb)
         h = self.input_proj(x.to(self.input_proj.weight.dtype))
         for g, ada_ln in enumerate(self.ada_ln_blocks):
             scale, shift, gate = ada_ln(y).chunk(3, dim=-1)

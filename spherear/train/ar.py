@@ -226,9 +226,8 @@ def _sample_grid(recipe, accelerator, model, ema, vae, run_dir: Path, step: int)
     ema_model.load_state_dict(ema.full_state(ema_model))
     classes = min(8, recipe.ar.num_classes)
     labels = torch.arange(classes, device=accelerator.device).repeat_interleave(4)
-    s = recipe.sample
     generator = torch.Generator(accelerator.device).manual_seed(recipe.run.seed)
     with accelerator.autocast():
-        tokens = ema_model.sample(labels, s.cfg, s.cfg_schedule, s.steps, s.sampler, generator)
+        tokens = ema_model.sample(labels, recipe.sample, generator)
         images = vae.to(accelerator.device).decode(tokens).float()
     save_grid(images, run_dir / "samples" / f"step-{step:08d}.png", nrow=4)

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+from spherear.config import SampleConfig
 from spherear.models import build_ar, build_vae
-from spherear.models.ar import cfg_scales, to_sphere
 from spherear.models.flow import sample_ode, sample_sde
+from spherear.models.token_sampler import cfg_scales, to_sphere
 
 from ..conftest import spec_rope_table
 
@@ -75,7 +76,7 @@ def test_every_fed_back_and_decoded_token_is_on_the_sphere(tiny_recipe, cfg, sam
     vae.post_quant_proj.register_forward_pre_hook(lambda m, args: decoded.append(args[0]))
     ar.head.final_layer.register_forward_hook(lambda m, a, out: raw.append(out))
     labels = torch.tensor([1, 7])
-    tokens = ar.sample(labels, cfg=cfg, steps=4, sampler=sampler)
+    tokens = ar.sample(labels, SampleConfig(cfg=cfg, steps=4, sampler=sampler))
     vae.decode(tokens)
     fed = torch.cat([f.reshape(-1, 16) for f in fed])
     assert len(fed) == (ar.num_tokens - 1) * len(labels) * (2 if cfg != 1.0 else 1)
@@ -88,12 +89,12 @@ def test_guidance_uses_the_null_class_and_the_scale(tiny_recipe):
     ar = _trained_like(build_ar(tiny_recipe))
     seen = []
     ar.cls_embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
-    ar.sample(torch.tensor([2, 3]), cfg=3.0, steps=2)
+    ar.sample(torch.tensor([2, 3]), SampleConfig(cfg=3.0, steps=2))
     assert seen[0].tolist() == [2, 3, ar.null_class, ar.null_class]
     g1 = torch.Generator().manual_seed(0)
     g2 = torch.Generator().manual_seed(0)
-    a = ar.sample(torch.tensor([2]), cfg=1.0, steps=3, generator=g1)
-    b = ar.sample(torch.tensor([2]), cfg=6.0, steps=3, generator=g2)
+    a = ar.sample(torch.tensor([2]), SampleConfig(cfg=1.0, steps=3), g1)
+    b = ar.sample(torch.tensor([2]), SampleConfig(cfg=6.0, steps=3), g2)
     assert not torch.allclose(a, b)
 
 
@@ -125,7 +126,6 @@ def _gaussian_velocity(m: float, s: float):
     """Exact rectified-flow velocity for data ~ N(m, s^2): v = E[x1 - noise | x_t]."""
 
     def velocity(x, t):
-        t = t[:, None]
         var = (1 - t) ** 2 + t**2 * s**2
         e_x1 = m + t * s**2 / var * (x - t * m)
         e_noise = (1 - t) / var * (x - t * m)
@@ -166,14 +166,14 @@ def test_cfg_combines_velocities_exactly_then_normalises(tiny_recipe):
     ar = build_ar(tiny_recipe).eval()
     a, b = torch.linspace(-1, 1, 16), torch.linspace(2, 0, 16)
 
-    def stub(x, t, z):
+    def stub(x, t_emb, z_emb):
         half = len(x) // 2
         return torch.cat([a.expand(half, 16), b.expand(half, 16)])
 
-    ar.head.forward = stub
+    ar.head.run = stub
     scales = cfg_scales(4.0, "linear", ar.num_tokens)
     gen = torch.Generator().manual_seed(5)
-    tokens = ar.sample(torch.tensor([3]), cfg=4.0, steps=1, sampler="ode", generator=gen)
+    tokens = ar.sample(torch.tensor([3]), SampleConfig(cfg=4.0, steps=1, sampler="ode"), gen)
     gen.manual_seed(5)  # sample() draws one noise vector per token, in order
     for i in range(ar.num_tokens):
         noise = torch.randn(1, 16, generator=gen)
@@ -186,7 +186,7 @@ def test_sde_time_grid_and_final_euler_step():
     c = torch.full((1, 2), 0.5)
 
     def velocity(x, t):
-        seen.append((t[0].item(), x.clone()))
+        seen.append((t, x.clone()))
         return c.expand_as(x)
 
     out = sample_sde(velocity, torch.zeros(1, 2), steps=25, generator=torch.Generator())
@@ -227,14 +227,14 @@ def test_explicit_draws_reproduce_the_loss_and_split_across_batches(tiny_recipe)
     assert ar(tokens, labels, drop, t, noise).item() == whole.item()
 
 
-@pytest.mark.parametrize("sampler", ["sde", "ode"])
+@pytest.mark.parametrize("sampler", ["sde", "ode", "heun"])
 def test_per_row_generators_make_a_row_independent_of_its_batch(tiny_recipe, sampler):
     ar = _trained_like(build_ar(tiny_recipe))
+    settings = SampleConfig(cfg=3.0, steps=3, sampler=sampler)
 
     def sample(labels, seeds):
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        return ar.sample(torch.tensor(labels), cfg=3.0, steps=3, sampler=sampler,
-                         generator=generators)  # fmt: skip
+        return ar.sample(torch.tensor(labels), settings, generators)
 
     row = sample([1, 2, 3], [0, 1, 2])[1]
     assert not torch.allclose(row, sample([1, 2, 3], [0, 9, 2])[1])  # its own seed matters

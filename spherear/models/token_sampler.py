@@ -1,0 +1,127 @@
+"""How one token is drawn at sampling time: guidance, the head's sampler, the sphere.
+
+``SphereAR.sample`` hands a ``TokenSampler`` to its KV-cached decoding loop, which calls it
+once per token with the trunk's conditions for that token (the class rows, then with
+guidance the null-class rows). The head runs many times per token, so everything that does
+not change between its calls is computed once: the projection of the condition once per
+token, the embedding of each solver time once per sampling call (every row and token at a
+given step shares it). With ``compile``, the guided head step goes through
+``torch.compile`` (on a GPU in "reduce-overhead" mode, i.e. CUDA graphs); where that fails,
+one warning says so and sampling goes on eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spherear.config import SampleConfig
+from spherear.models.diffusion_head import DiffusionHead
+from spherear.models.flow import run_sampler, token_steps
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+# torch.compile's mode for the head step by device type; "reduce-overhead" captures CUDA graphs
+COMPILE_MODES: dict[str, str | None] = {"cuda": "reduce-overhead", "cpu": None}
+
+
+def to_sphere(x: torch.Tensor) -> torch.Tensor:
+    """Radial normalisation onto the sphere of radius sqrt(dim)."""
+    return F.normalize(x.float(), dim=-1) * math.sqrt(x.shape[-1])
+
+
+def cfg_scales(guidance: float, schedule: str, num_tokens: int) -> list[float]:
+    """Guidance scale per token: constant, or rising linearly from 1 towards ``guidance``."""
+    if schedule == "constant":
+        return [guidance] * num_tokens
+    if schedule == "linear":
+        return [1 + (guidance - 1) * i / num_tokens for i in range(num_tokens)]
+    raise ValueError(f"unknown CFG schedule '{schedule}'; use 'linear' or 'constant'")
+
+
+class GuidedHead(nn.Module):
+    """The head's velocity for rows ``x`` from embedded times and conditions. With
+    ``guided``, ``z_emb`` holds the class rows and then the null-class rows: the head runs on
+    ``x`` twice and the two velocities combine as v_uncond + scale (v_cond - v_uncond)."""
+
+    def __init__(self, head: DiffusionHead, guided: bool):
+        super().__init__()
+        self.head, self.guided = head, guided
+
+    def forward(self, x, t_emb, z_emb, scale: torch.Tensor) -> torch.Tensor:
+        if not self.guided:
+            return self.head.run(x, t_emb, z_emb).float()
+        cond, uncond = self.head.run(torch.cat([x, x]), t_emb, z_emb).float().chunk(2)
+        return uncond + scale * (cond - uncond)
+
+
+class TokenSampler:
+    """``sampler(i, z)`` draws token i for conditions ``z`` and returns what to feed back."""
+
+    def __init__(
+        self,
+        head: DiffusionHead,
+        batch: int,
+        num_tokens: int,
+        settings: SampleConfig,
+        generator: Generators,
+        device: torch.device,
+    ):
+        self.head, self.settings, self.generator = head, settings, generator
+        self.guided = settings.cfg != 1.0
+        self.scales = cfg_scales(settings.cfg, settings.cfg_schedule, num_tokens)
+        self.steps = token_steps(settings.steps, settings.steps_last, num_tokens)
+        self.tokens = torch.empty(batch, num_tokens, head.input_proj.in_features, device=device)
+        self.step = self.eager = GuidedHead(head, self.guided)
+        if settings.compile:
+            mode = COMPILE_MODES.get(device.type)
+            self.step = torch.compile(self.eager, dynamic=False, mode=mode)
+        self.time_embeddings: dict[float, torch.Tensor] = {}
+
+    def embed_time(self, t: float) -> torch.Tensor:
+        if t not in self.time_embeddings:
+            device = self.tokens.device
+            self.time_embeddings[t] = self.head.time_embed(torch.tensor([t], device=device))
+        return self.time_embeddings[t]
+
+    def velocity(self, x, t: float, *, z_emb, scale) -> torch.Tensor:
+        args = (x, self.embed_time(t), z_emb, scale)
+        if self.step is self.eager:
+            return self.eager(*args)
+        try:
+            # CUDA graphs reuse their output buffers: keep this step's result
+            return self.step(*args).clone()
+        except Exception as e:  # any compiler failure: fall back, and say so once
+            warnings.warn(
+                f"torch.compile of the head step failed ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:160]}); sampling without it", stacklevel=2
+            )  # fmt: skip
+            self.step = self.eager
+            return self.eager(*args)
+
+    def __call__(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        scale = torch.tensor(self.scales[i], device=z.device)
+        velocity = functools.partial(self.velocity, z_emb=self.head.cond_embed(z), scale=scale)
+        sde = self.settings.sampler == "sde"
+        noise, eps = self.draw_noise(self.steps[i] if sde else 0)
+        single = self.generator if isinstance(self.generator, torch.Generator) else None
+        x = run_sampler(self.settings.sampler, velocity, noise, self.steps[i], single, eps)
+        self.tokens[:, i] = to_sphere(x)  # after guidance: it changes the norm, not the sphere
+        return self.tokens[:, i].repeat(2, 1) if self.guided else self.tokens[:, i]
+
+    def draw_noise(self, steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A token's starting noise (rows, latent_dim) and, with per-row generators, the
+        normals of its ``steps`` SDE steps (steps, rows, latent_dim), drawn row by row so
+        that a row's draws do not depend on the rows beside it."""
+        rows, dim, device = self.tokens.shape[0], self.tokens.shape[2], self.tokens.device
+        if self.generator is None or isinstance(self.generator, torch.Generator):
+            return torch.randn((rows, dim), device=device, generator=self.generator), None
+        draws = torch.stack(
+            [torch.randn((1 + steps, dim), device=device, generator=g) for g in self.generator], 1
+        )
+        return draws[0], draws[1:]
