@@ -52,3 +52,12 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300, *
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Probes and feature statistics go to this session's own cache, not ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SPHEREAR_CACHE", str(tmp_path_factory.mktemp("spherear_cache")))
+    yield
+    patch.undo()

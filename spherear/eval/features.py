@@ -35,10 +35,10 @@ class ImageSource(Protocol):
     def cache_key(self) -> str: ...
 
 
-def cache_dir() -> Path:
-    """``$SPHEREAR_CACHE/features``, else ``~/.cache/spherear/features``."""
+def cache_dir(kind: str = "features") -> Path:
+    """``$SPHEREAR_CACHE/<kind>``, else ``~/.cache/spherear/<kind>``."""
     root = os.environ.get("SPHEREAR_CACHE")
-    return Path(root) / "features" if root else Path.home() / ".cache" / "spherear" / "features"
+    return Path(root) / kind if root else Path.home() / ".cache" / "spherear" / kind
 
 
 def default_inception_weights() -> Path:
