@@ -18,7 +18,7 @@ from spherear.config import load_recipe, recipe_to_toml
 from spherear.data.synthetic import CLASS_NAMES, render
 from spherear.eval.probe import ProbeSettings, load_or_train
 
-from .conftest import ROOT
+from .conftest import ROOT, file_stamps, one_line_error
 
 runner = CliRunner()
 CLASSES = sorted(CLASS_NAMES[:8])  # plain names, sorted: the labels' order
@@ -49,10 +49,6 @@ def write_image_folder(root: Path, per_class: int, stream: int) -> None:
             Image.fromarray(pixels).save(root / name / f"{k:04d}.png")
 
 
-def _files(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A user's folder after the README commands: returns it and each command's result."""
@@ -72,7 +68,7 @@ def workspace(tmp_path_factory):
                 # a probe of a few steps in its cache (750 steps would take 30 s): eval-probe
                 # reuses whatever probe of this data it finds there
                 load_or_train("data/my_images32", 32, ProbeSettings(steps=2), progress=False)
-                results["data before eval-probe"] = _files(root / "data" / "my_images32")
+                results["data before eval-probe"] = file_stamps(root / "data" / "my_images32")
             results[argv[1]] = runner.invoke(app, argv[1:])
             assert results[argv[1]].exit_code == 0, (argv, results[argv[1]].output)
     return root, results
@@ -98,7 +94,7 @@ def test_readme_own_images_commands_run_verbatim(workspace):
     table = results["eval-probe"].stdout
     assert all(re.search(rf"^{name} +10 ", table, re.M) for name in CLASSES), table
     assert "warning: the probe recognises only" in results["eval-probe"].stderr  # 2 steps
-    assert _files(root / "data" / "my_images32") == results["data before eval-probe"]
+    assert file_stamps(root / "data" / "my_images32") == results["data before eval-probe"]
 
 
 def test_train_vae_holds_out_every_class(workspace):
@@ -112,14 +108,6 @@ def test_train_vae_holds_out_every_class(workspace):
     assert sorted(i // PER_CLASS for i in held_out["indices"][:8]) == list(range(8))
 
 
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_a_class_count_that_disagrees_with_the_data_stops_before_any_work(workspace, monkeypatch):
     root, _ = workspace
     monkeypatch.chdir(root)
@@ -127,7 +115,7 @@ def test_a_class_count_that_disagrees_with_the_data_stops_before_any_work(worksp
         result = runner.invoke(app, ["train-ar", "--recipe", "recipes/folder.toml", "--set",
                                      f"ar.num_classes={wrong}", "--set",
                                      "run.output_dir=runs/x"])  # fmt: skip
-        _one_line_error(result, f"ar.num_classes = {wrong}", "8 classes",
+        one_line_error(result, f"ar.num_classes = {wrong}", "8 classes",
                         "data/my_images32_latents/manifest.json")  # fmt: skip
         assert not (root / "runs" / "x").exists()
 
@@ -142,5 +130,5 @@ def test_labels_outside_the_class_count_stop_before_training(workspace, monkeypa
     result = runner.invoke(app, ["train-ar", "--recipe", "recipes/folder.toml", "--set",
                                  "train.inputs=images", "--set", "data.prepared=data/six",
                                  "--set", "run.output_dir=runs/six"])  # fmt: skip
-    _one_line_error(result, "data/six", "32 labels lie outside 0..5", "prepare-data")
+    one_line_error(result, "data/six", "32 labels lie outside 0..5", "prepare-data")
     assert not (root / "runs" / "six").exists()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from spherear.data.splits import class_counts, held_out_split, stratified_choice
+from spherear.eval.features import reference_subset
 from spherear.eval.probe import ProbeSettings, split
 from spherear.train.vae import GRID, held_out_count
 
@@ -60,3 +61,25 @@ def test_probe_split_covers_every_class_of_class_ordered_data():
 def test_class_counts_name_every_class():
     names = ["a", "b", "c"]
     assert class_counts(np.array([0, 0, 2]), names) == {"a": 2, "b": 0, "c": 1}
+
+
+class _Labelled:
+    """A prepared dataset as eval-fid sees it, stored class by class."""
+
+    def __init__(self, labels: np.ndarray):
+        self._labels = labels
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+
+def test_eval_fid_precision_recall_reference_keeps_every_class():
+    labels = np.repeat(np.arange(4), [30, 10, 10, 10])
+    kept = reference_subset(_Labelled(labels), 40)  # the first 40 would be classes 0 and 1
+    counts = np.bincount(labels[kept], minlength=4)  # 20, then 6.67 each: two get a 7th
+    assert counts[0] == 20 and sorted(counts[1:].tolist()) == [6, 7, 7]
+    assert np.all(np.diff(kept) > 0)
+    assert reference_subset(_Labelled(labels), 100).tolist() == list(range(60))

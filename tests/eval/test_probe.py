@@ -17,6 +17,8 @@ from spherear.data.prepare import prepare_dataset
 from spherear.data.synthetic import render
 from spherear.eval.probe import ProbeSettings, evaluate, load_or_train, probe_warnings, score
 
+from ..conftest import file_stamps, one_line_error
+
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 # a small set (1,600 training and 400 held-out images) and about half the default training
@@ -75,16 +77,12 @@ def test_real_images_score_high_and_wrong_labels_score_chance(data):
     assert real["metrics"]["FD_probe"] < collapsed["metrics"]["FD_probe"] / 5
 
 
-def _files(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
-
-
 def test_cache_is_reused_until_data_or_settings_change(tmp_path, monkeypatch):
     quick = ProbeSettings(steps=3)
     data = _prepare(tmp_path / "a", 100)
-    untouched = _files(data)
+    untouched = file_stamps(data)
     first = load_or_train(data, 32, quick, progress=False)
-    assert _files(data) == untouched  # the data folder is an input: nothing is written there
+    assert file_stamps(data) == untouched  # the data folder is an input: nothing is written there
     meta = first.folder / "probe.json"
     stamp = meta.stat().st_mtime_ns
     again = load_or_train(data, 32, quick, progress=False)
@@ -175,40 +173,32 @@ def test_bare_eval_probe_after_sample(data, tmp_path, monkeypatch):
     assert json.loads(out.read_text())["metrics"] == report["metrics"]
 
 
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_bad_inputs_are_one_line_errors(data, tmp_path):
     images, labels = _real(20)
     no_labels = tmp_path / "no_labels" / "samples.npz"
     no_labels.parent.mkdir()
     np.savez(no_labels, images)
-    _one_line_error(runner.invoke(app, ["eval-probe", str(no_labels), "--data", str(data)]),
+    one_line_error(runner.invoke(app, ["eval-probe", str(no_labels), "--data", str(data)]),
                     "labels.npy")  # fmt: skip
 
     floats = _write_samples(tmp_path / "floats", images.astype(np.float32), labels)
-    _one_line_error(runner.invoke(app, ["eval-probe", str(floats), "--data", str(data)]),
+    one_line_error(runner.invoke(app, ["eval-probe", str(floats), "--data", str(data)]),
                     "uint8")  # fmt: skip
 
     short = _write_samples(tmp_path / "short", images, labels[:5])
-    _one_line_error(runner.invoke(app, ["eval-probe", str(short), "--data", str(data)]),
+    one_line_error(runner.invoke(app, ["eval-probe", str(short), "--data", str(data)]),
                     "labels.npy", "20")  # fmt: skip
 
     small = _write_samples(tmp_path / "small", images[:, ::2, ::2], labels)
-    _one_line_error(runner.invoke(app, ["eval-probe", str(small), "--data", str(data)]),
+    one_line_error(runner.invoke(app, ["eval-probe", str(small), "--data", str(data)]),
                     "16px", "--data")  # fmt: skip
 
     wrong = _write_samples(tmp_path / "wrong", images, labels + 10)
-    _one_line_error(runner.invoke(app, ["eval-probe", str(wrong), "--data", str(data)]),
+    one_line_error(runner.invoke(app, ["eval-probe", str(wrong), "--data", str(data)]),
                     "classes")  # fmt: skip
 
     # not in a run folder and no --data: say what to pass
-    _one_line_error(runner.invoke(app, ["eval-probe", str(floats.parent.parent / "wrong" /
+    one_line_error(runner.invoke(app, ["eval-probe", str(floats.parent.parent / "wrong" /
                                                          "samples.npz")]), "--data")  # fmt: skip
 
 
