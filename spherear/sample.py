@@ -198,12 +198,6 @@ def _weights_sha256(*models: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def class_names(loaded: Loaded) -> list[str]:
-    """The name of each label: the data's, recorded by train-ar; else its number."""
-    ar = loaded.recipe.ar
-    return list(ar.class_names) or [f"class {c}" for c in range(ar.num_classes)]
-
-
 def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     record = {
@@ -212,7 +206,7 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
         "weights_sha256": _weights_sha256(loaded.vae, loaded.ar),
         "device": f"{device.type}, {precision}",
         "scheme": SCHEME,
-        "class_names": class_names(loaded),
+        "class_names": list(loaded.recipe.ar.class_names),  # the data's, recorded by train-ar
     }
     return json.loads(json.dumps(record))  # as it reads back from settings.json
 
@@ -317,7 +311,7 @@ def _grid_indices(labels: np.ndarray) -> dict[int, list[int]]:
 
 def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.ndarray],
                 names: list[str]) -> None:  # fmt: skip
-    """One row per class of ``rows``, named by ``names``."""
+    """One row per class of ``rows``, named by ``names`` (by number if there are none)."""
     from spherear.train.session import save_grid
 
     blank = np.full_like(next(iter(picked.values())), 128)  # short rows stay aligned
@@ -325,7 +319,8 @@ def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.nda
     for row in rows.values():
         cells += [picked[i] for i in row] + [blank] * (GRID_PER_CLASS - len(row))
     images = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    save_grid(images, path, nrow=GRID_PER_CLASS, row_labels=[names[c] for c in rows])
+    labels = [names[c] if names else f"class {c}" for c in rows]
+    save_grid(images, path, nrow=GRID_PER_CLASS, row_labels=labels)
 
 
 def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int,
