@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -106,7 +107,10 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
     saved = load_recipe(saved_path)
 
     def arch(r: Recipe):
-        return r.vae, spell_out(r).ar
+        # class names label the classes, they are not weights: runs from before train-ar
+        # recorded them resume
+        ar = spell_out(r).ar
+        return r.vae, ar if ar is None else dataclasses.replace(ar, class_names=())
 
     if arch(saved) != arch(recipe):
 

@@ -1,9 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from spherear.train.session import save_grid
+from spherear.config import save_recipe
+from spherear.train.loop import TrainingError
+from spherear.train.session import check_resume, save_grid
 
 
 @pytest.mark.parametrize("n, nrow", [(7, 3), (32, 4), (10, 10)])
@@ -30,3 +34,15 @@ def test_row_labels_go_in_a_margin_left_of_an_unchanged_grid(tmp_path):
     rows = [named[2 + r * 18 : 2 + r * 18 + 16, :margin] for r in range(2)]
     widths = [np.flatnonzero(row.max((0, 2)) > 0).max() for row in rows]  # text drawn in white
     assert 0 < widths[0] < widths[1] < margin  # each name on its own row, the longer wider
+
+
+def test_a_run_from_before_class_names_were_recorded_resumes(tiny_recipe, tmp_path):
+    save_recipe(tiny_recipe, tmp_path)  # ar.class_names empty, as older runs saved it
+    names = tuple(f"c{i}" for i in range(tiny_recipe.ar.num_classes))
+    check_resume(
+        dataclasses.replace(tiny_recipe, ar=dataclasses.replace(tiny_recipe.ar, class_names=names)),
+        tmp_path,
+    )
+    wider = dataclasses.replace(tiny_recipe.ar, num_classes=tiny_recipe.ar.num_classes + 1)
+    with pytest.raises(TrainingError, match="another architecture"):
+        check_resume(dataclasses.replace(tiny_recipe, ar=wider), tmp_path)
