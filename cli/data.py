@@ -22,9 +22,17 @@ def prepare_data(
         None, "--resolution", help="Training resolution (default 256 or the recipe's)."
     ),
     num_proc: int = typer.Option(1, "--num-proc", min=1, help="Worker processes."),
-    split: str = typer.Option("train", "--split", help="train or validation."),
+    split: str = typer.Option(
+        "train",
+        "--split",
+        help="train or validation (alias val); a folder: source reads train/ or val/ "
+        "(or validation/).",
+    ),
     num_images: int | None = typer.Option(
-        None, "--num-images", min=1, help="synthetic only: how many images (default 10000)."
+        None,
+        "--num-images",
+        min=1,
+        help="synthetic only: how many images (default 10000); other sources take every image.",
     ),
     seed: int = typer.Option(0, "--seed", help="synthetic only: the generator's seed."),
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe value."),
@@ -38,13 +46,18 @@ def prepare_data(
     r = load_recipe(recipe, overrides) if recipe else Recipe()
     if recipe is None and (source is None or out is None):
         raise SpherearError("pass --recipe, or both --source and --out")
+    source = source or r.data.source
+    num_images = num_images or r.data.num_images
+    if num_images is not None and source != "synthetic":
+        typer.echo(f"note: --num-images / data.num_images is for the synthetic source only; "
+                   f"{source} gives every image of its {split} split", err=True)  # fmt: skip
     result = prepare_dataset(
-        source or r.data.source,
+        source,
         out or Path(r.data.prepared),
         resolution or r.vae.resolution,
         num_proc,
         split,
-        num_images or r.data.num_images,
+        num_images or 10_000,
         seed,
         r.augment.random_crop_min,
     )

@@ -37,13 +37,36 @@ def info(
         typer.echo(inspect_checkpoint(checkpoint).describe())
         return
     resolved = load_recipe(recipe, overrides)
+    note = None
     if resolved.ar is not None:
         resolved.ar = resolve_ar(resolved.ar, str(recipe))
+        if resolved.ar.num_classes is None:
+            resolved.ar, note = _classes_for_counting(resolved)
     typer.echo(f"# {recipe} (resolved)")
+    if note:
+        typer.echo(f"# {note}")
     typer.echo(recipe_to_toml(resolved))
     typer.echo("# parameters (millions, counted on the meta device)")
     for part, n in count_parameters(resolved).items():
         typer.echo(f"{part:<16}{n / 1e6:8.1f}M")
+
+
+def _classes_for_counting(recipe):
+    """The AR section with the class count train-ar will take from the data, and a note
+    saying where it came from."""
+    import dataclasses
+
+    from spherear.data.prepare import read_info
+    from spherear.errors import SpherearError
+
+    try:
+        count = read_info(recipe.data.prepared)["num_classes"]
+        note = f"ar.num_classes = {count}: from {recipe.data.prepared}/info.json"
+    except SpherearError:
+        count = 1000
+        note = (f"ar.num_classes is unset and {recipe.data.prepared} is not prepared yet: the "
+                "counts assume 1000 classes; train-ar takes the data's")  # fmt: skip
+    return dataclasses.replace(recipe.ar, num_classes=count), note
 
 
 @user_errors

@@ -31,8 +31,10 @@ def eval_probe(
     ),
 ) -> None:
     """Score samples with a small CNN trained on the dataset (once, on CPU; cached in
-    DATA/probe/): the share classified as their conditioning class (probe class-consistency)
-    and the Fréchet distance of its features to held-out real images (FD_probe, not FID)."""
+    $SPHEREAR_CACHE/probes or ~/.cache/spherear/probes, never in DATA): the share classified
+    as their conditioning class (probe class-consistency) and the Fréchet distance of its
+    features to held-out real images (FD_probe, not FID). It trains on mirror images only if
+    the samples' recipe has augment.hflip = true (its classes are flip-invariant)."""
     from spherear.errors import SpherearError
     from spherear.eval.probe import evaluate, format_table
     from spherear.runs import latest_samples, samples_recipe
@@ -40,8 +42,8 @@ def eval_probe(
     if samples is None:
         samples = latest_samples()
         typer.echo(f"samples: {samples} (the newest under runs/)")
+    recipe, recipe_path = samples_recipe(samples)
     if data is None:
-        recipe, recipe_path = samples_recipe(samples)
         if recipe is None:
             raise SpherearError(
                 f"no dataset for {samples}: it is not in a run folder with a recipe.toml; pass "
@@ -49,7 +51,8 @@ def eval_probe(
             )
         data = Path(recipe.data.prepared)
         typer.echo(f"data: {data} (data.prepared in {recipe_path})")
-    report = evaluate(samples, data)
+    flip_invariant = recipe is not None and recipe.augment.hflip
+    report = evaluate(samples, data, flip_invariant=flip_invariant)
     out = json_out or samples.parent / "eval-probe.json"
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")

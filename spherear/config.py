@@ -99,7 +99,10 @@ class ARConfig:
     head_depth: int | None = bounded(None, 1)
     head_width: int | None = bounded(None, 1)
     head_groups: int | None = bounded(None, 1)
-    num_classes: int = bounded(1000, 1)
+    # unset: the prepared data's class count (info.json); a value that disagrees is refused
+    num_classes: int | None = bounded(None, 1)
+    # the names of labels 0..num_classes-1; unset: the data's (train-ar records them)
+    class_names: tuple[str, ...] = ()
     num_class_tokens: int = bounded(16, 1)
     class_dropout: float = bounded(0.1, 0, 1)
     diff_batch_mul: int = bounded(4, 1)
@@ -169,7 +172,9 @@ class DataConfig:
     source: str = "hf:ILSVRC/imagenet-1k"
     prepared: str = "data/imagenet"
     latents: str = "data/imagenet_latents"
-    num_images: int = bounded(10_000, 1)  # synthetic source only
+    # synthetic source only: how many images to generate (default 10000); a folder, tar or
+    # hub source always prepares every image of its split
+    num_images: int | None = bounded(None, 1)
 
 
 @dataclass

@@ -9,7 +9,7 @@ dealt round-robin to the processes. The output folder holds::
     settings.json   what is sampled; written first, a rerun must match it
     chunks/         the finished chunks while the run is unfinished
     labels.npy      int64 (N,)
-    grid.png        one row per class, up to 16 classes x 8 images
+    grid.png        one row per class, up to 16 classes x 8 images, named on the left
     samples.npz     arr_0: N x H x W x 3 uint8; written last, so it marks a complete run
 
 Every file is written under a temporary name and renamed when whole.
@@ -102,12 +102,14 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
         "weights_sha256": _weights_sha256(loaded.vae, loaded.ar),
         "device": f"{device.type}, {precision}",
         "scheme": SCHEME,
+        "class_names": list(loaded.recipe.ar.class_names),  # the data's, recorded by train-ar
     }
     return json.loads(json.dumps(record))  # as it reads back from settings.json
 
 
-# where the weights were read from may move; the weights' hash is what must match
-DESCRIPTIVE = {"checkpoint"}
+# where the weights were read from may move and classes be renamed; the weights' hash is
+# what must match
+DESCRIPTIVE = {"checkpoint", "class_names"}
 
 
 def _show(key: str, value) -> str:
@@ -195,31 +197,35 @@ def _write_npz(tmp: Path, chunks, shape: tuple[int, ...]) -> None:
             f.write(np.ascontiguousarray(images).tobytes())
 
 
-def _grid_indices(labels: np.ndarray) -> list[list[int]]:
+def _grid_indices(labels: np.ndarray) -> dict[int, list[int]]:
     """Up to GRID_PER_CLASS image indices for each of the first GRID_CLASSES classes."""
-    return [np.flatnonzero(labels == c)[:GRID_PER_CLASS].tolist()
-            for c in np.unique(labels)[:GRID_CLASSES]]  # fmt: skip
+    return {int(c): np.flatnonzero(labels == c)[:GRID_PER_CLASS].tolist()
+            for c in np.unique(labels)[:GRID_CLASSES]}  # fmt: skip
 
 
-def _write_grid(path: Path, rows: list[list[int]], picked: dict[int, np.ndarray]) -> None:
+def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.ndarray],
+                names: list[str]) -> None:  # fmt: skip
+    """One row per class of ``rows``, named by ``names`` (by number if there are none)."""
     from spherear.train.session import save_grid
 
     blank = np.full_like(next(iter(picked.values())), 128)  # short rows stay aligned
     cells = []
-    for row in rows:
+    for row in rows.values():
         cells += [picked[i] for i in row] + [blank] * (GRID_PER_CLASS - len(row))
     images = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    save_grid(images, path, nrow=GRID_PER_CLASS)
+    labels = [names[c] if names else f"class {c}" for c in rows]
+    save_grid(images, path, nrow=GRID_PER_CLASS, row_labels=labels)
 
 
-def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int) -> None:
+def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int,
+              names: list[str]) -> None:  # fmt: skip
     tmp = out / ".labels.npy.tmp"
     with open(tmp, "wb") as f:
         np.save(f, labels)
     tmp.replace(out / "labels.npy")
 
     rows = _grid_indices(labels)
-    wanted = {i for row in rows for i in row}
+    wanted = {i for row in rows.values() for i in row}
     picked: dict[int, np.ndarray] = {}
     shape = (plan.n, resolution, resolution, 3)
 
@@ -233,7 +239,7 @@ def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int) -> Non
 
     body = out / ".samples.npz.tmp"
     _write_npz(body, chunks(), shape)
-    _write_grid(out / "grid.png", rows, picked)
+    _write_grid(out / "grid.png", rows, picked, names)
     body.replace(out / "samples.npz")  # last: samples.npz marks a complete run
     shutil.rmtree(out / "chunks")
 
@@ -292,6 +298,6 @@ def sample_images(
     bar.close()
     counts = accelerator.gather(torch.tensor([made], device=accelerator.device)).tolist()
     if main:
-        _assemble(out, plan, labels, loaded.recipe.vae.resolution)
+        _assemble(out, plan, labels, loaded.recipe.vae.resolution, record["class_names"])
     accelerator.wait_for_everyone()
     return Result(out, plan.n, counts, reused, time.perf_counter() - start)

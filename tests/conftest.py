@@ -60,6 +60,21 @@ def _seed():
     torch.manual_seed(0)
 
 
+def one_line_error(result, *words: str) -> None:
+    """A CliRunner result that failed as a user error: exit status 2 and one line on stderr
+    naming each of ``words``."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def file_stamps(folder: Path) -> dict[str, int]:
+    """Every path under ``folder`` and its modification time: equal means untouched."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
 def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300, **popen) -> None:
     """Start ``cmd`` and SIGKILL it as soon as ``ready()`` holds (say, its first checkpoint
     exists), as a crash or a pre-empted job would; output is discarded."""
@@ -69,3 +84,12 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300, *
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Probes and feature statistics go to this session's own cache, not ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SPHEREAR_CACHE", str(tmp_path_factory.mktemp("spherear_cache")))
+    yield
+    patch.undo()

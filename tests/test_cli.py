@@ -74,3 +74,12 @@ def test_info_on_a_checkpoint(tmp_path, tiny_recipe):
     out = spherear("info", "--checkpoint", str(bad))
     assert out.returncode == 2 and "not a readable torch checkpoint" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_info_on_a_recipe_that_takes_its_classes_from_unprepared_data(tmp_path):
+    recipe = str(ROOT / "recipes" / "folder.toml")
+    out = subprocess.run([sys.executable, "-m", "spherear", "info", "--recipe", recipe],
+                         capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "ar.num_classes is unset and data/my_images32 is not prepared yet" in out.stdout
+    assert "AR + head" in out.stdout

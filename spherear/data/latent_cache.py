@@ -208,6 +208,7 @@ def cache_latents(
     accelerator.wait_for_everyone()
     manifest = {
         "settings": settings,
+        "class_names": read_info(data_dir)["class_names"],  # labels' names, for train-ar
         "num_shards": num_shards,
         "num_tokens": recipe.vae.num_tokens,
         "latent_dim": recipe.vae.latent_dim,
@@ -250,6 +251,11 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.num_images
+
+    def labels(self) -> np.ndarray:
+        """Every image's label, in cache order."""
+        shards = range(self.manifest["num_shards"])
+        return np.concatenate([self._shard(i).get_tensor("labels").numpy() for i in shards])
 
     def _shard(self, index: int):
         if index not in self._handles:  # memory-mapped; opened lazily in each worker

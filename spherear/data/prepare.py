@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from spherear.data.sources import Shard, SourceError, open_source
+from spherear.data.sources import Shard, SourceError, open_source, split_name
 
 FORMAT_VERSION = 1
 INFO = "info.json"
@@ -159,6 +159,7 @@ def prepare_dataset(
     # random crops cover down to min_crop_fraction of the short side and must still be at
     # least `resolution` pixels, so keep that much (never more: storage stays bounded)
     short_side = int(np.ceil(resolution / min_crop_fraction))
+    split = split_name(split)  # "val" is recorded as "validation": the same data
     src = open_source(source, split, num_images, seed, resolution)
     settings = {
         "format_version": FORMAT_VERSION,
@@ -265,6 +266,10 @@ class PreparedImages:
 
     def __len__(self) -> int:
         return len(self.ds)
+
+    def labels(self) -> np.ndarray:
+        """Every image's label, in storage order."""
+        return np.asarray(self.ds["label"], dtype=np.int64)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         row = self.ds[i]

@@ -1,9 +1,10 @@
 """Where images come from: ``hf:<id>[@rev]``, ``folder:<path>``, ``tar:<path>``, ``synthetic``.
 
 Every source lists its *shards*, units of work a worker process can read on its own, and
-reads a shard as (key, raw image, label) triples. Labels follow the standard ImageNet order
-(sorted wnids, as the hub dataset numbers them) whenever the class folders are ImageNet
-wnids, so a model means the same thing whichever source trained it.
+reads a shard as (key, raw image, label) triples. A folder or tar source labels its own
+classes 0..K-1 in sorted order of their names, whatever the names are; for the 1000
+ImageNet wnids that is the standard ImageNet order (as the hub dataset numbers them), so a
+model means the same thing whichever source trained it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from spherear.errors import SpherearError
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 WNID = re.compile(r"^n\d{8}$")
 SHARD_SIZE = 1000  # images per shard where a source has no natural unit (hub, synthetic)
+# the folder names each split is read from in a folder: source; "val" also names the split
+SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation")}
 
 
 class SourceError(SpherearError):
@@ -44,17 +47,18 @@ def imagenet_classes() -> tuple[list[str], list[str]]:
     return wnids, names
 
 
-def _class_labels(wnids: list[str], where: str) -> tuple[dict[str, int], list[str]]:
-    """Label of each folder name and the dataset's class-name list."""
-    all_wnids, names = imagenet_classes()
-    if all(WNID.match(w) for w in wnids):
-        index = {w: i for i, w in enumerate(all_wnids)}
-        unknown = [w for w in wnids if w not in index]
-        if unknown:
-            raise SourceError(f"{where}: {unknown[0]} looks like a wnid but is not in ImageNet-1k")
-        return {w: index[w] for w in wnids}, names
-    ordered = sorted(wnids)
-    return {w: i for i, w in enumerate(ordered)}, ordered
+def _class_labels(folders: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Label of each class folder (0..K-1 over the sorted names) and the class names:
+    ImageNet's short names when every folder is an ImageNet wnid, else the folder names.
+    A subset of ImageNet's classes is thus labelled 0..K-1 too, not by ImageNet index:
+    a model's class embedding has exactly the data's classes."""
+    ordered = sorted(folders)
+    labels = {name: i for i, name in enumerate(ordered)}
+    if all(WNID.match(name) for name in ordered):
+        short = dict(zip(*imagenet_classes(), strict=True))
+        if all(name in short for name in ordered):
+            return labels, [short[name] for name in ordered]
+    return labels, ordered
 
 
 @dataclass
@@ -69,21 +73,31 @@ Raw = bytes | np.ndarray  # encoded file bytes, or pixels for generated images
 
 @dataclass
 class FolderSource:
-    """``<root>/<split>/<class>/*`` or ``<root>/<class>/*`` (an ImageFolder)."""
+    """``<root>/train/<class>/*`` and ``<root>/val/<class>/*`` (or ``validation/``), or
+    ``<root>/<class>/*`` (an ImageFolder: training images only). Any class names; the
+    training split's sorted class folders give the labels of both splits."""
 
     root: Path
     split: str
 
     def __post_init__(self):
         if not self.root.is_dir():
-            raise SourceError(f"folder:{self.root}: no such folder; pass the ImageNet root")
-        split_dir = self.root / ("val" if self.split == "validation" else self.split)
-        self.base = split_dir if split_dir.is_dir() else self.root
-        folders = sorted(p.name for p in self.base.iterdir() if p.is_dir())
+            raise SourceError(f"folder:{self.root}: no such folder; pass the dataset's root")
+        split_dirs = [self.root / n for n in SPLIT_FOLDERS[self.split] if (self.root / n).is_dir()]
+        has_splits = any((self.root / n).is_dir() for names in SPLIT_FOLDERS.values()
+                         for n in names)  # fmt: skip
+        if split_dirs:
+            self.base = split_dirs[0]
+        elif self.split == "train" and not has_splits:
+            self.base = self.root
+        else:
+            wanted = " or ".join(f"{n}/" for n in SPLIT_FOLDERS[self.split])
+            raise SourceError(f"folder:{self.root}: no {wanted} folder for --split {self.split}")
+        folders = _class_folders(self.base)
         if not folders:
             raise SourceError(
                 f"folder:{self.root}: no class folders in {self.base}; expected "
-                f"{self.base}/<wnid>/<image files>"
+                f"{self.base}/<class name>/<image files>"
             )
         for name in folders:
             if not any(_is_image(p.name) for p in (self.base / name).iterdir()):
@@ -91,7 +105,15 @@ class FolderSource:
                     f"folder:{self.root}: class folder {self.base / name} has no images; "
                     "remove it or add its images"
                 )
-        self.labels, self.class_names = _class_labels(folders, f"folder:{self.root}")
+        train = self.root / "train"
+        classes = _class_folders(train) if self.base != train and train.is_dir() else folders
+        extra = sorted(set(folders) - set(classes))
+        if extra:
+            raise SourceError(
+                f"folder:{self.root}: class folder {self.base / extra[0]} has no counterpart in "
+                f"{train}; the training classes define the labels, so add or rename it"
+            )
+        self.labels, self.class_names = _class_labels(classes)
         self.folders = folders
 
     @property
@@ -136,7 +158,7 @@ class TarSource:
             )
         self.members = inner
         wnids = [Path(m).stem for m in inner]
-        self.labels, self.class_names = _class_labels(wnids, f"tar:{self.path}")
+        self.labels, self.class_names = _class_labels(wnids)
 
     @property
     def description(self) -> str:
@@ -260,8 +282,21 @@ def _hub_hint(repo_id: str, error: Exception) -> str:
     return f"hf:{repo_id}: could not load it ({text[:200]})"
 
 
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
 def _is_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def split_name(split: str) -> str:
+    """``train`` or ``validation`` (also written ``val``, as the folder is named)."""
+    if split == "val":
+        return "validation"
+    if split not in SPLIT_FOLDERS:
+        raise SourceError(f"--split {split}: use 'train' or 'validation' (or its alias 'val')")
+    return split
 
 
 def open_source(
@@ -269,8 +304,7 @@ def open_source(
     resolution: int = 32,
 ):  # fmt: skip
     """Parse a ``--source`` string into a source object."""
-    if split not in ("train", "validation"):
-        raise SourceError(f"--split {split}: use 'train' or 'validation'")
+    split = split_name(split)
     kind, _, rest = source.partition(":")
     if kind == "synthetic" and not rest:
         return SyntheticSource(num_images, seed, split, resolution)

@@ -35,10 +35,10 @@ class ImageSource(Protocol):
     def cache_key(self) -> str: ...
 
 
-def cache_dir() -> Path:
-    """``$SPHEREAR_CACHE/features``, else ``~/.cache/spherear/features``."""
+def cache_dir(kind: str = "features") -> Path:
+    """``$SPHEREAR_CACHE/<kind>``, else ``~/.cache/spherear/<kind>``."""
     root = os.environ.get("SPHEREAR_CACHE")
-    return Path(root) / "features" if root else Path.home() / ".cache" / "spherear" / "features"
+    return Path(root) / kind if root else Path.home() / ".cache" / "spherear" / kind
 
 
 def default_inception_weights() -> Path:
@@ -307,12 +307,12 @@ def streamed_statistics(
 ) -> dict[str, np.ndarray] | None:
     """Statistics of a source too large to hold its features (a prepared training set):
     ``mu``/``sigma`` (pool), ``mu_s``/``sigma_s`` (spatial, when the backbone has them) and
-    the pool features of ``keep`` evenly spaced images, for precision/recall (as ADM's
-    10,000-image reference batch)."""
+    the pool features of ``keep`` images (``reference_subset``), for precision/recall (as
+    ADM's 10,000-image reference batch)."""
 
     def compute() -> dict[str, np.ndarray] | None:
         n = len(source)
-        step = max(1, n // keep)
+        subset = reference_subset(source, keep)
         running = {k: RunningStatistics() for k in ("pool", "spatial") if k in backbone.dims}
         kept = []
         for lo in range(0, n, chunk):
@@ -322,13 +322,29 @@ def streamed_statistics(
                 continue
             for k, stats in running.items():
                 stats.add(f[k])
-            kept.append(f["pool"][np.arange(lo, hi) % step == 0])
+            kept.append(f["pool"][subset[(subset >= lo) & (subset < hi)] - lo])
         if not accelerator.is_main_process:
             return None
-        out = {"pool": np.concatenate(kept)[:keep]}
+        out = {"pool": np.concatenate(kept)}
         out["mu"], out["sigma"] = running["pool"].result()
         if "spatial" in running:
             out["mu_s"], out["sigma_s"] = running["spatial"].result()
         return out
 
-    return _cached(_cache_path(source, backbone, "stats", accelerator), accelerator, compute)
+    # "stratified": older caches kept the first images of a class-ordered dataset
+    path = _cache_path(source, backbone, "stats-stratified", accelerator)
+    return _cached(path, accelerator, compute)
+
+
+def reference_subset(source: ImageSource, keep: int) -> np.ndarray:
+    """Sorted indices of ``keep`` images of ``source`` (all, if fewer): a seeded
+    class-stratified choice when it knows its labels (a prepared dataset), else evenly
+    spaced."""
+    from spherear.data.splits import stratified_choice
+
+    n = len(source)
+    if keep >= n:
+        return np.arange(n)
+    if hasattr(source, "labels"):
+        return np.sort(stratified_choice(source.labels(), keep, seed=0))
+    return np.linspace(0, n - 1, keep).round().astype(np.int64)

@@ -123,6 +123,9 @@ class PreparedReference:
     def __len__(self) -> int:
         return len(self.images)
 
+    def labels(self) -> np.ndarray:
+        return self.images.labels()
+
     @property
     def resolution(self) -> tuple[int, int]:
         return self.size, self.size

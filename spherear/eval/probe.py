@@ -7,11 +7,16 @@ Fréchet distance between the probe's penultimate features of the samples and of
 held-out images. Neither is FID: both depend on this probe, its settings and its data, so
 compare them only between runs measured with the same probe (same ``fingerprint``).
 
-The probe trains once, on CPU, for a fixed number of steps, and is cached in
-``<prepared>/probe/``: ``probe.safetensors`` and ``probe.json`` (its settings, the data's
-fingerprint, its held-out accuracy, the weights' hash). Later calls reuse it while the data
-is unchanged; re-preparing the data retrains it. The last images of the dataset are held out
-(as ``train-vae`` does): they give the probe's own accuracy and the real side of FD_probe.
+The probe trains once, on CPU, for a fixed number of steps, and is cached outside the data
+folder (which may be read-only, and is an input), in ``$SPHEREAR_CACHE/probes/<data
+fingerprint>-<flips>/`` (default ``~/.cache/spherear/probes/``): ``probe.safetensors`` and
+``probe.json`` (its settings, the data's fingerprint, its held-out accuracy overall and per
+class, the weights' hash). Later calls reuse it while the data is unchanged; re-preparing the
+data retrains it. A seeded class-stratified choice of images is held out, whatever order the
+data is stored in (``spherear.data.splits``): they give the probe's own accuracy and the
+real side of FD_probe. It sees mirror images in training only when the classes are
+flip-invariant (the generator's ``augment.hflip``): a class and its mirror image may be two
+classes (stripes leaning left and right).
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spherear.data.splits import class_counts, held_out_split, stratified_choice
 from spherear.errors import SpherearError
+from spherear.eval.features import cache_dir
 from spherear.eval.metrics import feature_statistics, frechet_distance
 from spherear.eval.npz import NpzImages, PreparedReference, file_sha256
 
-VERSION = 1  # bump when a probe trained by older code must not be reused
-FOLDER = "probe"
+VERSION = 2  # bump when a probe trained by older code must not be reused
 WEIGHTS = "probe.safetensors"
 META = "probe.json"
 MAX_RESOLUTION = 64  # beyond it the in-memory training set and the CPU time grow too much
+MIN_ACCURACY = 0.9  # below it on real held-out images, the probe's verdicts on samples mislead
 NOTE = (
     "probe class-consistency and FD_probe come from a small classifier trained on the data "
     "folder, not from Inception: they are not FID and compare only between results with the "
@@ -56,8 +63,8 @@ class ProbeSettings:
     lr: float = 5e-3
     weight_decay: float = 0.05
     held_out: int = 1000  # at most; never more than a fifth of the dataset
-    max_train: int = 20_000  # evenly spread over the rest, so sorted datasets keep all classes
-    hflip: bool = True  # the generator trains on flipped views too
+    max_train: int = 20_000  # at most; a class-stratified choice of the rest beyond it
+    hflip: bool = False  # mirror images: only for classes that are their own mirror image
     seed: int = 0
     # one thread: the weights then do not depend on the machine's core count, and on a
     # shared 2-core CPU two threads trained 5x slower (spinning while the other waits)
@@ -126,24 +133,30 @@ def check_resolution(data: str | Path, info: dict, resolution: int) -> None:
         )
 
 
-def split(num_images: int, settings: ProbeSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(training indices, held-out indices): the last images are held out."""
-    held = min(settings.held_out, num_images // 5)
-    rest = num_images - held
+def split(labels: np.ndarray, settings: ProbeSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices): seeded class-stratified choices over the whole
+    dataset, so every class is in both in proportion, whatever the storage order."""
+    held = min(settings.held_out, len(labels) // 5)
     if held < 2:
         raise SpherearError(
-            f"{num_images} images are too few to train and check a probe; prepare at least 10"
+            f"{len(labels)} images are too few to train and check a probe; prepare at least 10"
         )
-    train = np.arange(rest)
-    if rest > settings.max_train:
-        train = np.linspace(0, rest - 1, settings.max_train).round().astype(np.int64)
-    return train, np.arange(rest, num_images)
+    train, held_out = held_out_split(labels, held, settings.seed)
+    if len(train) > settings.max_train:
+        chosen = stratified_choice(labels[train], settings.max_train, settings.seed + 1)
+        train = np.sort(train[chosen])
+    return train, held_out
 
 
 def _read(ref: PreparedReference, indices: np.ndarray) -> np.ndarray:
     if len(indices) and indices[-1] - indices[0] + 1 == len(indices):  # contiguous: one call
         return ref.read(int(indices[0]), int(indices[-1]) + 1)
     return np.concatenate([ref.read(int(i), int(i) + 1) for i in indices])
+
+
+def probe_folder(ref: PreparedReference, hflip: bool) -> Path:
+    """Where the probe of ``ref`` (the data at one crop size) is cached."""
+    return cache_dir("probes") / f"{ref.cache_key()[:32]}-{'hflip' if hflip else 'noflip'}"
 
 
 @torch.no_grad()
@@ -159,11 +172,13 @@ def _predict(net: ProbeNet, images: np.ndarray, batch_size: int = 500):
 
 @dataclass
 class Probe:
-    """A trained probe and what it was trained on (``meta`` is ``probe.json``)."""
+    """A trained probe, what it was trained on (``meta`` is ``probe.json``) and where it is
+    cached (``folder``)."""
 
     net: ProbeNet
     meta: dict
     data: Path
+    folder: Path
     reused: bool
 
     @property
@@ -176,7 +191,7 @@ class Probe:
 
     def held_out_images(self) -> np.ndarray:
         ref = PreparedReference(self.data, self.meta["resolution"])
-        return _read(ref, split(len(ref), ProbeSettings(**self.meta["settings"]))[1])
+        return _read(ref, split(ref.images.labels(), ProbeSettings(**self.meta["settings"]))[1])
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -241,10 +256,10 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _cached(folder: Path, expected: dict) -> Probe | None:
+def _cached(folder: Path, data: Path, expected: dict) -> Probe | None:
     from safetensors.torch import load_file
 
-    meta_path, weights = folder / FOLDER / META, folder / FOLDER / WEIGHTS
+    meta_path, weights = folder / META, folder / WEIGHTS
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -255,7 +270,7 @@ def _cached(folder: Path, expected: dict) -> Probe | None:
         return None
     net = ProbeNet(len(meta["class_names"]), meta["settings"]["width"])
     net.load_state_dict(load_file(weights))
-    return Probe(net.eval(), meta, folder, reused=True)
+    return Probe(net.eval(), meta, data, folder, reused=True)
 
 
 def load_or_train(
@@ -263,10 +278,12 @@ def load_or_train(
     resolution: int,
     settings: ProbeSettings | None = None,
     progress: bool = True,
+    flip_invariant: bool = False,
 ) -> Probe:
     """The probe of the prepared dataset ``data`` at ``resolution``: the cached one when the
     data is unchanged (and, if ``settings`` are given, they match), else a freshly trained
-    one with ``settings`` or the defaults, then cached."""
+    one with ``settings`` or the defaults, then cached. Without ``settings``,
+    ``flip_invariant`` says whether it may train on mirror images."""
     from safetensors.torch import save_file
 
     data = Path(data)
@@ -275,40 +292,48 @@ def load_or_train(
     expected = {"version": VERSION, "resolution": resolution, "data_fingerprint": ref.cache_key()}
     if settings is not None:
         expected["settings"] = dataclasses.asdict(settings)
-    probe = _cached(data, expected)
+    settings = settings or ProbeSettings(hflip=flip_invariant)
+    folder = probe_folder(ref, settings.hflip)
+    probe = _cached(folder, data, expected)
     if probe is not None:
         return probe
-    settings = settings or ProbeSettings()
 
     start = time.perf_counter()
-    labels = np.asarray(ref.images.ds["label"], dtype=np.int64)
-    train, held = split(len(labels), settings)
+    labels = ref.images.labels()
+    names = ref.info["class_names"]
+    train, held = split(labels, settings)
     train_images, held_images = _read(ref, train), _read(ref, held)
     read_seconds = time.perf_counter() - start
     start = time.perf_counter()
     with _threads(settings.threads):
-        net = _train(train_images, labels[train], ref.info["num_classes"], settings, progress)
+        net = _train(train_images, labels[train], len(names), settings, progress)
     train_seconds = time.perf_counter() - start
-    accuracy = float((_predict(net, held_images)[0].argmax(1) == labels[held]).mean())
+    hits = _predict(net, held_images)[0].argmax(1) == labels[held]
+    held_counts = class_counts(labels[held], names)
+    correct = np.bincount(labels[held][hits], minlength=len(names))
 
-    folder = data / FOLDER
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     _write_atomic(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
     meta = {
         **expected,
         "settings": dataclasses.asdict(settings),
-        "class_names": ref.info["class_names"],
+        "class_names": names,
         "num_train": len(train),
         "num_held_out": len(held),
-        "held_out_accuracy": accuracy,
+        "held_out_accuracy": float(hits.mean()),
+        "train_per_class": class_counts(labels[train], names),
+        "held_out_per_class": {
+            name: {"images": n, "accuracy": float(correct[c] / n) if n else None}
+            for c, (name, n) in enumerate(held_counts.items())
+        },
         "read_seconds": round(read_seconds, 2),
         "train_seconds": round(train_seconds, 2),
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     # probe.json last: it names the weights' hash, so a pair cut short is never reused
     _write_atomic(folder / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
-    return Probe(net, meta, data, reused=False)
+    return Probe(net, meta, data, folder, reused=False)
 
 
 def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -352,12 +377,18 @@ def score(probe: Probe, images: np.ndarray, labels: np.ndarray) -> dict:
     hit = logits.argmax(1) == labels
     reference = probe.predict(probe.held_out_images())[1]
     fd = frechet_distance(*feature_statistics(features), *feature_statistics(reference))
+    held_out = probe.meta["held_out_per_class"]
     per_class = {
-        names[c]: {"samples": int(mask.sum()), "class_consistency": float(hit[mask].mean())}
-        for c in range(len(names))
-        if (mask := labels == c).any()
+        name: {
+            "samples": int(mask.sum()),
+            "class_consistency": float(hit[mask].mean()) if mask.any() else None,
+            "held_out_images": held_out[name]["images"],
+            "held_out_accuracy": held_out[name]["accuracy"],
+        }
+        for c, name in enumerate(names)
+        for mask in [labels == c]
     }
-    warnings = []
+    warnings = probe_warnings(probe.meta)
     if len(images) <= probe.net.feature_dim:
         warnings.append(
             f"only {len(images)} samples (<= {probe.net.feature_dim}, the probe's feature "
@@ -377,16 +408,51 @@ def score(probe: Probe, images: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def _listed(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def probe_warnings(meta: dict) -> list[str]:
+    """One line for each way the probe itself is not to be trusted on this data."""
+    warnings = []
+    accuracy = meta["held_out_accuracy"]
+    if accuracy < MIN_ACCURACY:
+        worst = sorted((c["accuracy"], name) for name, c in meta["held_out_per_class"].items()
+                       if c["accuracy"] is not None)[:3]  # fmt: skip
+        warnings.append(
+            f"the probe recognises only {accuracy:.1%} of the real held-out images (under "
+            f"{MIN_ACCURACY:.0%}; weakest: {_listed([f'{n} {a:.0%}' for a, n in worst])}), so "
+            "class-consistency understates every generator on this data; compare runs only "
+            "with each other, or use eval-fid"
+        )
+    untrained = [name for name, n in meta["train_per_class"].items() if n == 0]
+    if untrained:
+        warnings.append(
+            f"no image of {_listed(untrained)} in the probe's training split: it cannot "
+            "recognise them, so their class-consistency is 0 whatever the samples; prepare "
+            "more images of those classes"
+        )
+    unheld = [name for name, c in meta["held_out_per_class"].items() if c["images"] == 0]
+    if unheld:
+        warnings.append(
+            f"no held-out image of {_listed(unheld)}: the held-out accuracy and FD_probe's "
+            "real images leave them out; prepare more images of those classes"
+        )
+    return warnings
+
+
 def evaluate(
     samples: str | Path,
     data: str | Path,
     settings: ProbeSettings | None = None,
     progress: bool = True,
+    flip_invariant: bool = False,
 ) -> dict:
     """The ``eval-probe`` report of a samples file, as a JSON-ready dict, with the probe of
     ``data`` at the samples' resolution (see ``load_or_train``)."""
     images, labels = read_samples(samples)
-    probe = load_or_train(data, images.shape[1], settings, progress)
+    probe = load_or_train(data, images.shape[1], settings, progress, flip_invariant)
     report = score(probe, images, labels)
     m = probe.meta
     return {
@@ -398,7 +464,7 @@ def evaluate(
         **report,
         "probe": {
             "fingerprint": m["weights_sha256"],
-            "path": str(Path(data) / FOLDER / WEIGHTS),
+            "path": str(probe.folder / WEIGHTS),
             "reused": probe.reused,
             "data_fingerprint": m["data_fingerprint"],
             "held_out_accuracy": m["held_out_accuracy"],
@@ -421,10 +487,15 @@ def format_table(report: dict) -> str:
         f"FD_probe                 {m['FD_probe']:8.4f}  (not FID)",
         f"probe held-out accuracy  {m['probe_held_out_accuracy']:8.4f}  (real images)",
         "",
-        f"{'class':<24} {'samples':>7}  consistency",
+        f"{'class':<24} {'samples':>7}  {'consistency':>11}  {'held-out':>8}  {'accuracy':>8}",
     ]
+
+    def number(value: float | None, width: int) -> str:
+        return f"{value:{width}.4f}" if value is not None else f"{'-':>{width}}"
+
     lines += [
-        f"{name:<24} {c['samples']:>7}  {c['class_consistency']:11.4f}"
+        f"{name[:24]:<24} {c['samples']:>7}  {number(c['class_consistency'], 11)}  "
+        f"{c['held_out_images']:>8}  {number(c['held_out_accuracy'], 8)}"
         for name, c in report["per_class"].items()
     ]
     lines += [

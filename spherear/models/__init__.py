@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spherear.config import Recipe
+from spherear.config import Recipe, RecipeError
 from spherear.models.ar import SphereAR
 from spherear.models.registry import resolve_ar
 from spherear.models.vae import SphericalVAE
@@ -17,6 +17,11 @@ def build_vae(recipe: Recipe) -> SphericalVAE:
 def build_ar(recipe: Recipe) -> SphereAR:
     if recipe.ar is None:
         raise ValueError("this recipe has no [ar] section; it describes a VAE only")
+    if recipe.ar.num_classes is None:
+        raise RecipeError(
+            "ar.num_classes is unset: train-ar takes it from the prepared data; set it to "
+            "build a model without data"
+        )
     return SphereAR(resolve_ar(recipe.ar), recipe.vae.latent_dim, recipe.vae.grid_size)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import Loaded, load_vae, save_pretrained
-from spherear.config import Recipe
+from spherear.config import Recipe, RecipeError
 from spherear.data.latent_cache import LatentDataset, file_fingerprint, view_names
-from spherear.data.prepare import PreparedImages
+from spherear.data.prepare import PreparedImages, read_info
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_ar
 from spherear.models.power_spherical import PowerSpherical
@@ -126,14 +127,60 @@ def _source(recipe: Recipe):
     return source
 
 
+def _data_classes(recipe: Recipe, source) -> tuple[list[str], str]:
+    """The training data's class names, and the file they were read from."""
+    if isinstance(source, PreparedImages):
+        return source.info["class_names"], f"{recipe.data.prepared}/info.json"
+    if "class_names" in source.manifest:
+        return source.manifest["class_names"], f"{recipe.data.latents}/manifest.json"
+    # a cache from before manifests recorded the classes: the data it was made from
+    return read_info(recipe.data.prepared)["class_names"], f"{recipe.data.prepared}/info.json"
+
+
+def with_data_classes(recipe: Recipe, names: list[str], where: str) -> Recipe:
+    """``recipe`` with ``ar.num_classes`` and ``ar.class_names`` taken from the data
+    (``where`` names the file); a recipe value that disagrees is refused."""
+    ar = recipe.ar
+    if ar.num_classes is not None and ar.num_classes != len(names):
+        raise RecipeError(
+            f"ar.num_classes = {ar.num_classes} in the recipe, but the data has {len(names)} "
+            f"classes ({where}); remove ar.num_classes to take the data's, or point "
+            "data.prepared/data.latents at the data you meant"
+        )
+    if ar.class_names and list(ar.class_names) != names:
+        raise RecipeError(
+            f"ar.class_names in the recipe ({', '.join(ar.class_names[:3])}, ...) are not the "
+            f"data's ({', '.join(names[:3])}, ...; {where}); remove ar.class_names to take the "
+            "data's"
+        )
+    classes = {"num_classes": len(names), "class_names": tuple(names)}
+    return dataclasses.replace(recipe, ar=dataclasses.replace(ar, **classes))
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Every label indexes a class: label ``num_classes`` is the model's null (unconditional)
+    class, and larger ones would crash the class embedding mid-run."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise TrainingError(
+            f"{where}: {int(bad.sum())} labels lie outside 0..{num_classes - 1} (e.g. "
+            f"{int(labels[bad][0])}) for its {num_classes} classes; prepare the data again "
+            "with `spherear prepare-data`"
+        )
+
+
 def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     """Train (or resume) ``recipe``'s AR model; returns the export folder."""
     from tqdm import tqdm
 
     cfg = recipe.train
     run_dir = Path(recipe.run.output_dir)
-    check_resume(recipe, run_dir)
     source = _source(recipe)  # a mismatched cache is refused before the run folder exists
+    names, where = _data_classes(recipe, source)
+    recipe = with_data_classes(recipe, names, where)
+    check_labels(source.labels(), len(names), recipe.data.latents
+                 if isinstance(source, LatentDataset) else recipe.data.prepared)  # fmt: skip
+    check_resume(recipe, run_dir)
     accelerator = make_accelerator(cfg, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     vae = _load_vae(recipe).vae.to(accelerator.device).eval().requires_grad_(False)
@@ -226,8 +273,10 @@ def _sample_grid(recipe, accelerator, model, ema, vae, run_dir: Path, step: int)
     ema_model.load_state_dict(ema.full_state(ema_model))
     classes = min(8, recipe.ar.num_classes)
     labels = torch.arange(classes, device=accelerator.device).repeat_interleave(4)
+    names = recipe.ar.class_names or [f"class {c}" for c in range(classes)]
     generator = torch.Generator(accelerator.device).manual_seed(recipe.run.seed)
     with accelerator.autocast():
         tokens = ema_model.sample(labels, recipe.sample, generator)
         images = vae.to(accelerator.device).decode(tokens).float()
-    save_grid(images, run_dir / "samples" / f"step-{step:08d}.png", nrow=4)
+    save_grid(images, run_dir / "samples" / f"step-{step:08d}.png", nrow=4,
+              row_labels=names[:classes])  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -58,10 +59,11 @@ def fused_optimizers(accelerator) -> bool:
     return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+def save_grid(images: torch.Tensor, path: Path, nrow: int, row_labels: list[str] = ()) -> None:
     """RGB images (N, 3, H, W) in [-1, 1] -> one PNG grid of ``nrow`` images a row with
     2-pixel black gutters: torchvision's layout and rounding (for N >= 2), without importing
-    torchvision, which costs 4 s a command on a CPU. The file appears only when whole."""
+    torchvision, which costs 4 s a command on a CPU; ``row_labels`` (class names) are written
+    left of their rows. The file appears only when whole."""
     from PIL import Image
 
     pad = 2
@@ -73,9 +75,12 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     for i, image in enumerate(pixels):
         y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
         grid[y : y + h, x : x + w] = image.permute(1, 2, 0)
+    picture = Image.fromarray(grid.numpy())
+    if row_labels:
+        picture = _label_rows(picture, row_labels, h + pad, pad)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # PIL reads the format from the suffix
-    Image.fromarray(grid.numpy()).save(tmp)
+    picture.save(tmp)
     tmp.replace(path)
 
 
@@ -93,6 +98,24 @@ def _rope_of(run_dir: Path) -> str | None:
         return json.loads((run_dir / RUN_RECORD).read_text()).get("rope")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _label_rows(grid, labels: list[str], row_height: int, pad: int):
+    """``grid`` with a margin on the left naming each row, vertically centred on it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    labels = [label if len(label) <= 24 else label[:22] + ".." for label in labels]
+    draw = ImageDraw.Draw(grid)
+    boxes = [draw.textbbox((0, 0), label, font=font) for label in labels]
+    margin = max(box[2] for box in boxes) + 3 * pad
+    out = Image.new("RGB", (grid.width + margin, grid.height))
+    out.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    for r, (label, box) in enumerate(zip(labels, boxes, strict=True)):
+        centre = pad + r * row_height + (row_height - pad) / 2
+        draw.text((pad, centre - (box[1] + box[3]) / 2), label, fill=(255, 255, 255), font=font)
+    return out
 
 
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
@@ -113,7 +136,10 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
         )
 
     def arch(r: Recipe):
-        return r.vae, spell_out(r).ar
+        # class names label the classes, they are not weights: runs from before train-ar
+        # recorded them resume
+        ar = spell_out(r).ar
+        return r.vae, ar if ar is None else dataclasses.replace(ar, class_names=())
 
     if arch(saved) != arch(recipe):
 

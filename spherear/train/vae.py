@@ -1,13 +1,16 @@
 """train-vae: the S-VAE with L1 + LPIPS + PatchGAN (hinge, from ``disc_start``) +
 KL to the uniform distribution on the sphere; two optimisers.
 
-The last ``held_out_count`` images of the prepared dataset never enter training: PSNR is
-reported on their centre crops, and a grid shows the first ``GRID`` of them.
+``held_out_count`` images of the prepared dataset, a seeded class-stratified choice
+(``spherear.data.splits``), never enter training: PSNR is reported on their centre crops,
+a grid shows the first ``GRID`` of them (as many classes as there are, up to ``GRID``), and
+``held_out.json`` in the run folder lists them and counts them per class.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 from spherear.checkpoints import save_pretrained
 from spherear.config import Recipe, RecipeError
 from spherear.data.prepare import PreparedImages
+from spherear.data.splits import class_counts, held_out_split
 from spherear.data.transforms import center_crop, to_tensor, train_view
 from spherear.models import build_vae
 from spherear.train.curves import plot_curves
@@ -57,16 +61,16 @@ def held_out_count(num_images: int) -> int:
 
 
 class ImageBatches(StepBatches):
-    """Augmented views of the first ``num_train`` images (the rest are held out)."""
+    """Augmented views of the training images ``train`` (indices into ``images``)."""
 
-    def __init__(self, recipe: Recipe, images: PreparedImages, num_train: int, plan: BatchPlan,
+    def __init__(self, recipe: Recipe, images: PreparedImages, train: np.ndarray, plan: BatchPlan,
                  rank: int, first: int, last: int):  # fmt: skip
-        super().__init__(num_train, plan, rank, first, last, recipe.run.seed)
-        self.recipe, self.images = recipe, images
+        super().__init__(len(train), plan, rank, first, last, recipe.run.seed)
+        self.recipe, self.images, self.train = recipe, images, train
 
     def sample(self, index: int, seed: int, epoch: float) -> torch.Tensor:
         aug = self.recipe.augment
-        image, _ = self.images[index]
+        image, _ = self.images[int(self.train[index])]
         decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
         view = train_view(image, self.recipe.vae.resolution, epoch, np.random.default_rng(seed),
                           aug.random_crop_min, aug.hflip, decay)  # fmt: skip
@@ -98,8 +102,11 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
         record_run(recipe, run_dir)
     plan = BatchPlan.make(cfg, accelerator.num_processes)
     images = PreparedImages(recipe.data.prepared)
-    num_train = len(images) - held_out_count(len(images))  # the rest is held out
-    per_epoch = steps_per_epoch(num_train, plan.global_batch)
+    labels = images.labels()
+    train, held = held_out_split(labels, held_out_count(len(images)), recipe.run.seed)
+    if accelerator.is_main_process:
+        _write_held_out(run_dir, held, class_counts(labels[held], images.info["class_names"]))
+    per_epoch = steps_per_epoch(len(train), plan.global_batch)
     total = total_steps(cfg, per_epoch)
 
     torch.manual_seed(recipe.run.seed)
@@ -119,11 +126,10 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     log.truncate_after(counter.step)
     trackers(accelerator, recipe)
     held_out = torch.stack([
-        to_tensor(center_crop(images[len(images) - 1 - i][0], recipe.vae.resolution))
-        for i in range(len(images) - num_train)
+        to_tensor(center_crop(images[int(i)][0], recipe.vae.resolution)) for i in held
     ]).to(accelerator.device)  # fmt: skip
 
-    batches = ImageBatches(recipe, images, num_train, plan, accelerator.process_index,
+    batches = ImageBatches(recipe, images, train, plan, accelerator.process_index,
                            counter.step, total)  # fmt: skip
     # its own generator: making the iterator must not consume the global RNG (saved and
     # restored with checkpoints, it drives the posterior samples)
@@ -196,6 +202,14 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export
+
+
+def _write_held_out(run_dir: Path, held: np.ndarray, per_class: dict[str, int]) -> None:
+    """Which images are held out (in grid order) and how many of each class."""
+    out = run_dir / "held_out.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"per_class": per_class, "indices": held.tolist()}, indent=1) + "\n")
+    tmp.replace(out)
 
 
 def _report(accelerator, vae, held_out, run_dir: Path, step: int, log: MetricsLog) -> None:

@@ -97,7 +97,55 @@ def test_folder_and_tar_give_the_same_dataset(tmp_path, image_folder, image_tar)
     report = (tmp_path / "a" / "bad_images.txt").read_text().splitlines()
     assert len(report) == 1 and "c_corrupt.JPEG" in report[0]
     info = read_info(tmp_path / "a")
-    assert info["num_bad"] == 1 and info["num_classes"] == 1000
+    assert info["num_bad"] == 1 and info["num_classes"] == 2
+    assert info["class_names"] == ["tench", "goldfish"]
+
+
+def _folder(root: Path, layout: dict[str, list[str]]) -> Path:
+    """``layout``: "split/class" -> image file names."""
+    for where, names in layout.items():
+        (root / where).mkdir(parents=True)
+        for name in names:
+            (root / where / name).write_bytes(_image_bytes("RGB", "PNG", len(name)))
+    return root
+
+
+def test_a_folder_labels_its_own_sorted_classes_whatever_their_names(tmp_path):
+    # the first and the last ImageNet class: labels 0 and 1 (not 0 and 999), ImageNet's names
+    wnids = _folder(tmp_path / "w", {"train/n15075141": ["x.png"], "train/n01440764": ["y.png"]})
+    prepare_dataset(f"folder:{wnids}", tmp_path / "w_out", resolution=32, progress=False)
+    info = read_info(tmp_path / "w_out")
+    assert (info["num_classes"], info["class_names"]) == (2, ["tench", "toilet tissue"])
+    assert sorted((k, label) for k, label, *_ in _rows(tmp_path / "w_out")) == [
+        ("x.png", 1), ("y.png", 0)
+    ]  # fmt: skip
+    # any names: sorted, 0..K-1; a wnid-like name outside ImageNet is just a name
+    plain = _folder(tmp_path / "p", {"zebra": ["a.png"], "Ant": ["b.png"], "n99999999": ["c.png"]})
+    prepare_dataset(f"folder:{plain}", tmp_path / "p_out", resolution=32, progress=False)
+    assert read_info(tmp_path / "p_out")["class_names"] == ["Ant", "n99999999", "zebra"]
+    assert sorted(label for _, label, *_ in _rows(tmp_path / "p_out")) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("folder", "split"), [("val", "val"), ("validation", "validation")])
+def test_validation_split_reads_val_or_validation_with_the_training_labels(tmp_path, folder, split):
+    root = _folder(tmp_path / "d", {"train/cat": ["1.png"], "train/dog": ["2.png"],
+                                    f"{folder}/dog": ["3.png"]})  # fmt: skip
+    prepare_dataset(f"folder:{root}", tmp_path / "v", resolution=32, split=split, progress=False)
+    info = read_info(tmp_path / "v")
+    assert info["settings"]["split"] == "validation"  # "val" is the same split
+    assert info["class_names"] == ["cat", "dog"]  # from train/: dog keeps label 1
+    assert [(k, label) for k, label, *_ in _rows(tmp_path / "v")] == [("3.png", 1)]
+
+
+def test_folder_splits_that_do_not_fit_are_one_line(tmp_path):
+    flat = _folder(tmp_path / "flat", {"cat": ["1.png"], "dog": ["2.png"]})
+    with pytest.raises(SourceError, match="no val/ or validation/ folder for --split validation"):
+        prepare_dataset(f"folder:{flat}", tmp_path / "o", split="val")
+    odd = _folder(tmp_path / "odd", {"train/cat": ["1.png"], "val/cow": ["2.png"]})
+    with pytest.raises(SourceError, match="cow has no counterpart in"):
+        prepare_dataset(f"folder:{odd}", tmp_path / "o", split="validation")
+    with pytest.raises(SourceError, match="--split test: use 'train' or 'validation'"):
+        prepare_dataset(f"folder:{odd}", tmp_path / "o", split="test")
 
 
 def test_images_are_shrunk_to_the_short_side_the_crops_need_never_enlarged(tmp_path):

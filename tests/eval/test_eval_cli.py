@@ -12,6 +12,8 @@ from spherear.eval.features import random_inception_weights
 from spherear.eval.metrics import feature_statistics
 from spherear.eval.npz import file_sha256
 
+from ..conftest import one_line_error
+
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
@@ -27,14 +29,6 @@ def weights(tmp_path_factory) -> Path:
 
 def eval_fid(*args: str):
     return runner.invoke(app, ["eval-fid", *args])
-
-
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 def test_against_an_adm_reference_batch(weights, tmp_path, monkeypatch):
@@ -94,34 +88,34 @@ def _write(path: Path, **arrays) -> Path:
 def test_bad_samples_are_one_line_errors(weights, tmp_path, arrays, words):
     samples = _write(tmp_path / "samples.npz", **arrays)
     result = eval_fid(str(samples), "--ref", str(samples), "--inception-weights", str(weights))
-    _one_line_error(result, str(samples), *words)
+    one_line_error(result, str(samples), *words)
 
 
 def test_bad_references_are_one_line_errors(weights, tmp_path):
     text = tmp_path / "notes.npz"
     text.write_text("not a zip")
-    _one_line_error(eval_fid(str(text), "--inception-weights", str(weights)), "not an .npz")
+    one_line_error(eval_fid(str(text), "--inception-weights", str(weights)), "not an .npz")
     samples = _write(tmp_path / "samples.npz", arr_0=_images(3, 32, 0))
     ref = _write(tmp_path / "ref.npz", arr_0=_images(3, 64, 0))
     result = eval_fid(str(samples), "--ref", str(ref), "--inception-weights", str(weights))
-    _one_line_error(result, "64x64", "32x32")
+    one_line_error(result, "64x64", "32x32")
     stats = _write(tmp_path / "stats.npz", mu=np.zeros(10), sigma=np.eye(10))
     result = eval_fid(str(samples), "--ref", str(stats), "--inception-weights", str(weights))
-    _one_line_error(result, "wrong shape", "mu (10,)")
+    one_line_error(result, "wrong shape", "mu (10,)")
 
 
 def test_bare_command_finds_the_latest_samples_and_the_run_reference(
     weights, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(eval_fid(), "no samples.npz under runs/")
+    one_line_error(eval_fid(), "no samples.npz under runs/")
 
     run = Path("runs/tiny")
     (run / "samples/n3-seed0").mkdir(parents=True)
     samples = _write(run / "samples/n3-seed0/samples.npz", arr_0=_images(3, 32, 0))
     recipe = (ROOT / "recipes" / "tiny.toml").read_text().split("[eval]")[0]
     (run / "recipe.toml").write_text(recipe)
-    _one_line_error(eval_fid("--inception-weights", str(weights)), "--ref", "eval.reference")
+    one_line_error(eval_fid("--inception-weights", str(weights)), "--ref", "eval.reference")
 
     # the recipe's reference is used: its (wrong) resolution is what stops the run
     _write(Path("ref64.npz"), arr_0=_images(3, 64, 0))
@@ -129,7 +123,7 @@ def test_bare_command_finds_the_latest_samples_and_the_run_reference(
     result = eval_fid("--inception-weights", str(weights))
     assert f"samples: {samples}" in result.stdout
     assert "reference: ref64.npz (eval.reference in runs/tiny/recipe.toml)" in result.stdout
-    _one_line_error(result, "ref64.npz", "64x64")
+    one_line_error(result, "ref64.npz", "64x64")
     missing = tmp_path / "data" / "not-prepared-yet"
     result = eval_fid(str(samples), "--ref", str(missing), "--inception-weights", str(weights))
-    _one_line_error(result, "does not exist", "--ref", "prepare-data")
+    one_line_error(result, "does not exist", "--ref", "prepare-data")
