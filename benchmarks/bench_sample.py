@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -47,14 +48,13 @@ def log(msg: str) -> None:
 
 
 def token_seconds(
-    loaded: Loaded, batch: int, k: int, accelerator, loop: str = "current", compiled=False
+    loaded: Loaded, batch: int, k: int, accelerator, loop: str = "current", settings=PAPER
 ) -> float:
     """Seconds of decoding the first ``k`` tokens of a batch, per-image generators, with
     today's loop (``current``) or the paper's plain one (``reference``)."""
     device = accelerator.device
     labels = torch.arange(batch, device=device) % loaded.recipe.ar.num_classes
     generators = noise_generators(0, range(batch), device)
-    settings = SampleConfig(**{**PAPER.__dict__, "compile": compiled})
     sync(device)
     start = time.perf_counter()
     limited = first_tokens_only(loaded.ar, k)
@@ -102,10 +102,43 @@ def bench(size: str, batches: list[int], prefix: int, accelerator) -> dict:
     return out
 
 
+def vae_seconds(vae, batch: int, resolution: int, encode: bool, reference: bool) -> float:
+    """Seconds of one VAE encode or decode of a batch. ``reference``: spherear 0.1's layout,
+    which train mode keeps (eval-mode encoding feeds channels-last images)."""
+    vae.train(reference)
+    images = torch.rand(batch, 3, resolution, resolution) * 2 - 1
+    tokens = to_sphere(torch.randn(batch, vae.cfg.num_tokens, vae.cfg.latent_dim))
+    start = time.perf_counter()
+    with torch.no_grad():
+        vae.encode(images).mu if encode else vae.decode(tokens)
+    vae.eval()
+    return time.perf_counter() - start
+
+
+def _interleaved(arms: dict, repeats: int, name: str) -> dict[str, list[float]]:
+    """Each arm's timings, taking the arms in turn, ``repeats`` times."""
+    times = {arm: [] for arm in arms}
+    for r in range(repeats):
+        for arm, timed in arms.items():
+            log(f"{name}, {arm}, repeat {r + 1}/{repeats}")
+            times[arm].append(timed())
+    return times
+
+
+def _row(times: dict[str, list[float]], unit: str) -> dict:
+    medians = {arm: statistics.median(v) for arm, v in times.items()}
+    return {
+        **{f"{arm}_{unit}": sig(m) for arm, m in medians.items()},
+        **{f"{arm}_speedup": sig(medians["reference"] / m) for arm, m in medians.items()
+           if arm != "reference"},
+        f"all_{unit}": {arm: [sig(t, 3) for t in v] for arm, v in times.items()},
+    }  # fmt: skip
+
+
 def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compile: bool,
-            accelerator) -> dict:  # fmt: skip
-    """Medians of ms per token of each loop, timed in turn, and the speed-ups over the
-    paper's plain loop."""
+            also: list[SampleConfig], accelerator) -> dict:  # fmt: skip
+    """Medians of ms per token of each loop (and of the VAE's encode and decode), timed in
+    turn, and the speed-ups over the paper's plain loop."""
     recipe = load_recipe(RECIPES / SIZES[size])
     torch.manual_seed(0)
     device = accelerator.device
@@ -113,30 +146,38 @@ def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compi
                     "random weights")  # fmt: skip
     n = loaded.ar.num_tokens
     k = n if size == "tiny" else min(prefix, n)
-    arms = {"reference": ("reference", False), "current": ("current", False)}
+    paper = {"reference": ("reference", PAPER), "current": ("current", PAPER)}
     if with_compile:
-        arms["compiled"] = ("current", True)
+        paper["compiled"] = ("current", SampleConfig(**{**PAPER.__dict__, "compile": True}))
+    for settings in also:
+        last = f"->{settings.steps_last}" if settings.steps_last else ""
+        paper[f"{settings.sampler} {settings.steps}{last}"] = ("current", settings)
     out = {"recipe": f"recipes/{SIZES[size]}", "tokens_timed": k, "repeats": repeats}
     for batch in batches:
         row = {}
-        for loop, compiled in arms.values():  # warm-up; the compiled arm compiles here
+        for arm, (loop, settings) in paper.items():  # warm-up; a compiled arm compiles here
             start = time.perf_counter()
-            token_seconds(loaded, batch, 1, accelerator, loop, compiled)
-            if compiled:
-                row["compile_seconds"] = sig(time.perf_counter() - start)
-        times = {arm: [] for arm in arms}
-        for r in range(repeats):
-            for arm, (loop, compiled) in arms.items():
-                log(f"{size}: batch {batch}, {arm}, repeat {r + 1}/{repeats}")
-                seconds = token_seconds(loaded, batch, k, accelerator, loop, compiled)
-                times[arm].append(1000 * seconds / k)
-        medians = {arm: statistics.median(ms) for arm, ms in times.items()}
-        row |= {f"{arm}_ms_per_token": sig(ms) for arm, ms in medians.items()}
-        row |= {f"{arm}_speedup": sig(medians["reference"] / medians[arm])
-                for arm in arms if arm != "reference"}  # fmt: skip
-        row["all_ms_per_token"] = {arm: [sig(ms, 3) for ms in v] for arm, v in times.items()}
+            token_seconds(loaded, batch, 1, accelerator, loop, settings)
+            if settings.compile:
+                row[f"{arm}_warmup_seconds"] = sig(time.perf_counter() - start)
+        arms = {arm: functools.partial(token_seconds, loaded, batch, k, accelerator, *how)
+                for arm, how in paper.items()}  # fmt: skip
+        times = _interleaved(arms, repeats, f"{size}: batch {batch}")
+        row |= _row({arm: [1000 * t / k for t in v] for arm, v in times.items()}, "ms_per_token")
+        for what in ("encode", "decode") if device.type == "cpu" else ():  # a CPU question
+            timed = functools.partial(vae_seconds, loaded.vae, batch, recipe.vae.resolution,
+                                      what == "encode")  # fmt: skip
+            arms = {"reference": functools.partial(timed, True),
+                    "current": functools.partial(timed, False)}  # fmt: skip
+            row[f"vae_{what}"] = _row(_interleaved(arms, repeats, f"{size}: {what}"), "seconds")
         out[f"batch_{batch}"] = row
     return out
+
+
+def _settings(text: str) -> SampleConfig:
+    sampler, steps, *last = text.split()
+    return SampleConfig(**{**PAPER.__dict__, "sampler": sampler, "steps": int(steps),
+                           "steps_last": int(last[0]) if last else 0})  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare", action="store_true", help="the paper's plain loop vs today's")
     p.add_argument("--compile", action="store_true", help="with --compare: a compiled arm too")
     p.add_argument("--repeats", type=int, default=3, help="with --compare: timings per arm")
+    p.add_argument("--also", nargs="*", default=[], metavar="'SAMPLER STEPS [LAST]'",
+                   help="with --compare: more arms of today's loop, e.g. 'heun 8'")  # fmt: skip
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
@@ -171,7 +214,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.compare:
         result["compare"] = {
-            s: compare(s, args.batches, args.prefix_tokens, args.repeats, args.compile, accelerator)
+            s: compare(
+                s,
+                args.batches,
+                args.prefix_tokens,
+                args.repeats,
+                args.compile,
+                [_settings(a) for a in args.also],
+                accelerator,
+            )
             for s in args.sizes
         }
     else:
