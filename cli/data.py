@@ -19,14 +19,14 @@ def prepare_data(
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (made when complete)."),
     resolution: int | None = typer.Option(
-        None, "--resolution", help="Training resolution (default 256 or the recipe's)."
+        None, "--resolution", min=1, help="Training resolution (default 256 or the recipe's)."
     ),
     num_proc: int = typer.Option(1, "--num-proc", min=1, help="Worker processes."),
     split: str = typer.Option("train", "--split", help="train or validation."),
     num_images: int | None = typer.Option(
         None, "--num-images", min=1, help="synthetic only: how many images (default 10000)."
     ),
-    seed: int = typer.Option(0, "--seed", help="synthetic only: the generator's seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="synthetic only: the generator's seed."),
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe value."),
 ) -> None:
     """Turn ImageNet (hub, folder or the original tar) or the synthetic set into one
@@ -41,10 +41,10 @@ def prepare_data(
     result = prepare_dataset(
         source or r.data.source,
         out or Path(r.data.prepared),
-        resolution or r.vae.resolution,
+        r.vae.resolution if resolution is None else resolution,
         num_proc,
         split,
-        num_images or r.data.num_images,
+        r.data.num_images if num_images is None else num_images,
         seed,
         r.augment.random_crop_min,
     )

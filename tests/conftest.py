@@ -52,3 +52,21 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300, *
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """Runs ``spherear`` commands in processes of their own (see ``forkserver``)."""
+    from .forkserver import ForkServer
+
+    server = ForkServer(tmp_path_factory.mktemp("forkserver"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, cli):
+    """The tiny pipeline run once through the CLI, snapshot after every stage."""
+    from .pipeline import build_pipeline
+
+    return build_pipeline(tmp_path_factory.mktemp("pipeline"), cli)

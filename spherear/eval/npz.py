@@ -65,6 +65,12 @@ class NpzImages:
         self.shape: tuple[int, int, int, int] = tuple(shape)
         self._stored = info.compress_type == zipfile.ZIP_STORED
         self._offset = self._data_offset(info) + header_size if self._stored else 0
+        needed = self._offset + int(np.prod(self.shape))
+        if self._stored and needed > self.path.stat().st_size:
+            raise SpherearError(
+                f"{self.path}: truncated ({self.path.stat().st_size} bytes, arr_0 needs "
+                f"{needed}); write or copy it again"
+            )
         self._array: np.ndarray | None = None
         self._sha256: str | None = None
 

@@ -281,7 +281,7 @@ def load_or_train(
     settings = settings or ProbeSettings()
 
     start = time.perf_counter()
-    labels = np.asarray(ref.images.ds["label"], dtype=np.int64)
+    labels = ref.images.labels()
     train, held = split(len(labels), settings)
     train_images, held_images = _read(ref, train), _read(ref, held)
     read_seconds = time.perf_counter() - start

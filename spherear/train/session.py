@@ -57,6 +57,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     torchvision, which costs 4 s a command on a CPU. The file appears only when whole."""
     from PIL import Image
 
+    from spherear.files import atomic_write
+
     pad = 2
     pixels = (((images.detach().float().cpu() + 1) / 2).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     n, c, h, w = pixels.shape
@@ -66,32 +68,35 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     for i, image in enumerate(pixels):
         y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
         grid[y : y + h, x : x + w] = image.permute(1, 2, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # PIL reads the format from the suffix
-    Image.fromarray(grid.numpy()).save(tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: Image.fromarray(grid.numpy()).save(tmp, format="PNG"), "grid")
 
 
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
-    """A run folder continues only the architecture it was started with."""
-    from spherear.config import load_recipe
+    """Before any work: the run folder can be written, holds no pickle, and continues only
+    the architecture it was started with."""
+    from spherear.config import load_recipe, recipe_to_dict
+    from spherear.files import check_output
     from spherear.models.registry import spell_out
     from spherear.train.loop import TrainingError
+    from spherear.train.state import refuse_pickles
 
+    check_output(run_dir, "run.output_dir")
+    refuse_pickles(run_dir)
     saved_path = run_dir / "recipe.toml"
     if not saved_path.is_file():
         return
     saved = load_recipe(saved_path)
 
-    def arch(r: Recipe):
-        return r.vae, spell_out(r).ar
+    def arch(r: Recipe) -> dict:
+        spelled = recipe_to_dict(spell_out(r))
+        return {f"{section}.{k}": v for section in ("vae", "ar")
+                for k, v in spelled.get(section, {}).items()}  # fmt: skip
 
     if arch(saved) != arch(recipe):
-
-        def name(r: Recipe) -> str:
-            return f"SphereAR-{r.ar.size}" if r.ar is not None else "an S-VAE"
-
+        theirs, ours = arch(saved), arch(recipe)
+        differ = [k for k in {**theirs, **ours} if theirs.get(k) != ours.get(k)]
+        listed = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ[:4])
         raise TrainingError(
-            f"{run_dir} holds a run of {name(saved)} with another architecture than this "
-            f"recipe's {name(recipe)}; use another run.output_dir or the run's own recipe"
+            f"{run_dir} holds a run of another architecture ({listed}); use another "
+            "run.output_dir, or the run's own recipe to continue it"
         )
