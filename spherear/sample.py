@@ -295,7 +295,7 @@ def _read_chunk(path: Path, labels: np.ndarray, image_shape: tuple[int, ...]) ->
     """A chunk's images, if it holds ``labels`` and images of ``image_shape``; a damaged
     chunk is deleted, so that the next run samples it again."""
     try:
-        with np.load(path) as chunk:
+        with np.load(path, allow_pickle=False) as chunk:
             images, found = chunk["images"], chunk["labels"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         remove(path, "sample/drop")

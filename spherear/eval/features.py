@@ -174,6 +174,8 @@ class TimmFeatures(nn.Module):
         overlay = {"file": weights} if weights else None
         if weights and not Path(weights).is_file():
             raise SpherearError(f"{weights}: no such weights file for timm:{name}")
+        if weights and not weights.endswith(".safetensors"):
+            load_torch_file(weights, what=f"weights file for timm:{name}")  # refuse code first
         try:
             self.model = timm.create_model(
                 name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay
@@ -282,7 +284,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             return dict(f)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         note(f"{path}: damaged cache file ({type(e).__name__}); computing it again")
