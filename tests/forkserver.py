@@ -98,8 +98,9 @@ class ForkServer:
 
 
 def _namespace(mounts: list[list[str]]) -> None:
-    """A private mount namespace in which each (kind, path[, size]) is mounted: "ro" makes
-    path read-only, "tmpfs" mounts a file system of ``size`` bytes there."""
+    """A private mount namespace in which each (kind, path[, options]) is mounted: "ro"
+    makes path read-only, anything else mounts a tmpfs there with ``options`` (say
+    "size=64k": a disk that fills up)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -116,13 +117,13 @@ def _namespace(mounts: list[list[str]]) -> None:
         os._exit(NO_NAMESPACE)
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
         os._exit(NO_NAMESPACE)
-    for kind, path, *size in mounts:
+    for kind, path, *options in mounts:
         target = os.path.abspath(path).encode()
         if kind == "ro":
             ok = libc.mount(target, target, None, ms_bind, None) == 0 and libc.mount(
                 None, target, None, ms_bind | ms_remount | ms_rdonly, None) == 0  # fmt: skip
         else:
-            ok = libc.mount(b"tmpfs", target, b"tmpfs", 0, f"size={size[0]}".encode()) == 0
+            ok = libc.mount(b"tmpfs", target, b"tmpfs", 0, options[0].encode()) == 0
         if not ok:
             os._exit(NO_NAMESPACE)
 

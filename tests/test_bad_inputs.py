@@ -13,6 +13,9 @@ import pytest
 from .forkserver import NO_NAMESPACE
 from .pipeline import SAMPLES, tree
 
+# commands in processes of their own, on the tiny pipeline (see tests/pipeline.py)
+pytestmark = pytest.mark.slow
+
 EXPORT = "runs/ar/export"
 CHECKPOINT = "runs/ar/checkpoints/step-00000004"
 NEW_RUN = "--set run.output_dir=runs/new"
@@ -273,7 +276,7 @@ def test_bad_input_is_one_line_and_changes_nothing(pipeline, finished, cli, row)
     for kind in mounts[0] if mounts else []:
         (run / kind).mkdir()
     before = tree(run) if not finished.clean else pipeline.after("eval-fid")
-    sizes = {"ro": [], "full": ["64k"]}
+    sizes = {"ro": [], "full": ["size=64k"]}
     done = cli.run(shlex.split(command), run, env=pipeline.env(),
                    mounts=[[kind, run / kind, *sizes[kind]] for kind in (mounts[0] if mounts
                                                                         else [])])  # fmt: skip

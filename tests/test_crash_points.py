@@ -11,6 +11,9 @@ import pytest
 
 from .pipeline import tree
 
+# commands in processes of their own, on the tiny pipeline (see tests/pipeline.py)
+pytestmark = pytest.mark.slow
+
 CRASHES = {
     "prepare-data": ["prepare/start", "prepare/shard#1", "prepare/shard#2", "prepare/bad_images",
                      "prepare/info", "prepare/publish"],

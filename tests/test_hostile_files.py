@@ -14,6 +14,9 @@ import torch
 
 from .pipeline import SAMPLES, tree
 
+# commands in processes of their own, on the tiny pipeline (see tests/pipeline.py)
+pytestmark = pytest.mark.slow
+
 CHECKPOINT = "runs/ar/checkpoints/step-00000004"
 SAMPLE_DIR = str(Path(SAMPLES).parent)
 

@@ -10,6 +10,9 @@ import pytest
 
 from .pipeline import SAMPLES, tree
 
+# commands in processes of their own, on the tiny pipeline (see tests/pipeline.py)
+pytestmark = pytest.mark.slow
+
 
 def _truncate(path, size: int = 100) -> None:
     with open(path, "r+b") as f:

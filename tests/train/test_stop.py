@@ -9,6 +9,9 @@ import pytest
 
 from ..pipeline import tree
 
+# commands in processes of their own, on the tiny pipeline (see tests/pipeline.py)
+pytestmark = pytest.mark.slow
+
 LONGER = ["--set", "train.max_steps=30", "--set", "train.checkpoint_every=100",
           "--set", "train.sample_every=0"]  # fmt: skip
 
