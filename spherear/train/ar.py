@@ -39,7 +39,6 @@ from spherear.train.loop import (
     oom_message,
     set_lr,
     steps_per_epoch,
-    stopped,
     total_steps,
     weights_checksum,
 )
@@ -216,17 +215,8 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
             # the grid before the checkpoint: a run resumed from it must not miss the grid
             if cfg.sample_every and step % cfg.sample_every == 0:
                 _sample_grid(recipe, accelerator, model, ema, vae, run_dir, step)
-            saved = step % cfg.checkpoint_every == 0 or step == total
-            if saved:
-                log.sync()
-                checkpoints.save(trained, ema, step, log.lines)
-            signum = stop.requested(accelerator)
-            if signum:
-                if not saved:
-                    log.sync()
-                    checkpoints.save(trained, ema, step, log.lines)
-                accelerator.end_training()
-                raise stopped(signum, step, checkpoints.latest())
+            due = step % cfg.checkpoint_every == 0 or step == total
+            checkpoints.step_done(trained, ema, step, due, log, stop)
     bar.close()
 
     raw = accelerator.unwrap_model(model)

@@ -41,6 +41,7 @@ from spherear.files import (
     sweep,
     write_json,
 )
+from spherear.train.loop import MetricsLog, StopRequests, TrainingError, stopped
 
 FORMAT = "spherear-training-state"
 VERSION = 1
@@ -50,8 +51,6 @@ TORCH_PICKLES = {".bin", ".pt", ".pth"}  # Accelerate's optimizer.bin and the li
 
 def refuse_pickles(run_dir: Path) -> None:
     """Stop before reading anything if the run folder holds a pickle."""
-    from spherear.train.loop import TrainingError
-
     if not run_dir.is_dir():
         return
     for path in sorted(run_dir.rglob("*")):
@@ -204,6 +203,21 @@ class Checkpoints:
         acc.wait_for_everyone()
         return final
 
+    def step_done(self, parts: dict[str, Part], ema, step: int, due: bool, log: MetricsLog,
+                  stop: StopRequests) -> None:  # fmt: skip
+        """The end of a training step: a checkpoint when ``due``; when a signal asked the
+        run to stop, a checkpoint of this step (unless just saved) and ``Stopped``."""
+        if due:
+            log.sync()
+            self.save(parts, ema, step, log.lines)
+        signum = stop.requested(self.accelerator)
+        if signum:
+            if not due:
+                log.sync()
+                self.save(parts, ema, step, log.lines)
+            self.accelerator.end_training()
+            raise stopped(signum, step, self.latest())
+
     def check(self, path: Path) -> str | None:
         """None if the checkpoint ``path`` is whole, else what is wrong with it."""
         try:
@@ -226,8 +240,6 @@ class Checkpoints:
         """Load the newest intact checkpoint, setting damaged newer ones aside; None when
         the run has none."""
         from accelerate.utils import broadcast_object_list
-
-        from spherear.train.loop import TrainingError
 
         acc = self.accelerator
         chosen, damaged = None, []
@@ -264,8 +276,6 @@ class Checkpoints:
     def _load(self, path: Path, parts: dict[str, Part], ema) -> None:
         from safetensors import safe_open
         from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        from spherear.train.loop import TrainingError
 
         for name, part in parts.items():
             weights = load_file(path / f"{name}.safetensors")

@@ -31,7 +31,6 @@ from spherear.train.loop import (
     oom_message,
     set_lr,
     steps_per_epoch,
-    stopped,
     total_steps,
 )
 from spherear.train.losses import (
@@ -194,17 +193,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
             # the report before the checkpoint: a run resumed from it must not miss it
             if (cfg.sample_every and step % cfg.sample_every == 0) or step == total:
                 _report(accelerator, vae, held_out, run_dir, step, log)
-            saved = step % cfg.checkpoint_every == 0 or step == total
-            if saved:
-                log.sync()
-                checkpoints.save(trained, None, step, log.lines)
-            signum = stop.requested(accelerator)
-            if signum:
-                if not saved:
-                    log.sync()
-                    checkpoints.save(trained, None, step, log.lines)
-                accelerator.end_training()
-                raise stopped(signum, step, checkpoints.latest())
+            due = step % cfg.checkpoint_every == 0 or step == total
+            checkpoints.step_done(trained, None, step, due, log, stop)
     bar.close()
     export = run_dir / "export"
     if main:
