@@ -19,7 +19,7 @@ MODEL = """
 [vae]
 resolution = 32
 latent_dim = 16
-channels = [8, 16, 16]
+channels = [8, 16, 16, 16]  # 4x4 tokens: sampling the grids stays cheap
 num_heads = 2
 encoder_depth = 1
 decoder_depth = 1
