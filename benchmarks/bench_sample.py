@@ -13,7 +13,10 @@ decode and the uint8 quantisation of the batch are timed separately and added.
 ``--compare`` times the paper's plain loop (``spherear.models.reference_sampling``, the code
 path of spherear 0.1) against today's loop, and with ``--compile`` the compiled head step
 too, interleaved (A B A B ...) so that a busy machine slows both alike; it prints the
-median of each and their ratio, with the load average before and after.
+median of each and their ratio, with the load average before and after. Its ms per token
+is a steady decoding step: the time of the first ``--prefix-tokens`` tokens less that of the
+first one (which also holds the prefill of the class tokens), per token; ``first_token_ms``
+is that first one. ``--also 'heun 8'`` adds arms of today's loop with other samplers.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compi
     loaded = Loaded(recipe, build_vae(recipe).to(device).eval(), build_ar(recipe).to(device).eval(),
                     "random weights")  # fmt: skip
     n = loaded.ar.num_tokens
-    k = n if size == "tiny" else min(prefix, n)
+    k = n if size == "tiny" else max(2, min(prefix, n))
     paper = {"reference": ("reference", PAPER), "current": ("current", PAPER)}
     if with_compile:
         paper["compiled"] = ("current", SampleConfig(**{**PAPER.__dict__, "compile": True}))
@@ -160,10 +163,17 @@ def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compi
             token_seconds(loaded, batch, 1, accelerator, loop, settings)
             if settings.compile:
                 row[f"{arm}_warmup_seconds"] = sig(time.perf_counter() - start)
-        arms = {arm: functools.partial(token_seconds, loaded, batch, k, accelerator, *how)
-                for arm, how in paper.items()}  # fmt: skip
+        # the prefill of the class tokens and the first token, then k tokens: their difference
+        # is k - 1 steady decoding steps; a whole image costs the first plus N - 1 of those
+        arms = {f"{arm}@{j}": functools.partial(token_seconds, loaded, batch, j, accelerator, *how)
+                for arm, how in paper.items() for j in (1, k)}  # fmt: skip
         times = _interleaved(arms, repeats, f"{size}: batch {batch}")
-        row |= _row({arm: [1000 * t / k for t in v] for arm, v in times.items()}, "ms_per_token")
+        steady = {arm: [1000 * (b - a) / (k - 1) for a, b in
+                        zip(times[f"{arm}@1"], times[f"{arm}@{k}"], strict=True)]
+                  for arm in paper}  # fmt: skip
+        row |= _row(steady, "ms_per_token")
+        row["first_token_ms"] = {arm: sig(1000 * statistics.median(times[f"{arm}@1"]))
+                                 for arm in paper}  # fmt: skip
         for what in ("encode", "decode") if device.type == "cpu" else ():  # a CPU question
             timed = functools.partial(vae_seconds, loaded.vae, batch, recipe.vae.resolution,
                                       what == "encode")  # fmt: skip

@@ -1,10 +1,12 @@
 """The ``spherear`` command line: parse, load the recipe, call the library, print.
 
 Installed as ``spherear.cli``. Errors the user can fix (a bad recipe key, a file that is
-not a checkpoint) print one line and exit with status 2.
+not a checkpoint, a mistyped option) print one line and exit with status 2.
 """
 
 from __future__ import annotations
+
+import sys
 
 import typer
 
@@ -52,4 +54,13 @@ app.command("eval-probe")(probe_cli.eval_probe)
 
 
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as e:  # a mistyped command or option: one line too
+        if not hasattr(e, "format_message"):  # Ctrl-C while the options are read
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        where = e.ctx.command_path if getattr(e, "ctx", None) else "spherear"
+        typer.echo(f"error: {where}: {e.format_message()} (see `{where} --help`)", err=True)
+        code = getattr(e, "exit_code", 2)
+    sys.exit(code)

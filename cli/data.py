@@ -19,7 +19,7 @@ def prepare_data(
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (made when complete)."),
     resolution: int | None = typer.Option(
-        None, "--resolution", help="Training resolution (default 256 or the recipe's)."
+        None, "--resolution", min=1, help="Training resolution (default 256 or the recipe's)."
     ),
     num_proc: int = typer.Option(1, "--num-proc", min=1, help="Worker processes."),
     split: str = typer.Option(
@@ -34,7 +34,7 @@ def prepare_data(
         min=1,
         help="synthetic only: how many images (default 10000); other sources take every image.",
     ),
-    seed: int = typer.Option(0, "--seed", help="synthetic only: the generator's seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="synthetic only: the generator's seed."),
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe value."),
 ) -> None:
     """Turn ImageNet (hub, folder or the original tar) or the synthetic set into one
@@ -47,17 +47,17 @@ def prepare_data(
     if recipe is None and (source is None or out is None):
         raise SpherearError("pass --recipe, or both --source and --out")
     source = source or r.data.source
-    num_images = num_images or r.data.num_images
+    num_images = r.data.num_images if num_images is None else num_images
     if num_images is not None and source != "synthetic":
         typer.echo(f"note: --num-images / data.num_images is for the synthetic source only; "
                    f"{source} gives every image of its {split} split", err=True)  # fmt: skip
     result = prepare_dataset(
         source,
         out or Path(r.data.prepared),
-        resolution or r.vae.resolution,
+        r.vae.resolution if resolution is None else resolution,
         num_proc,
         split,
-        num_images or 10_000,
+        10_000 if num_images is None else num_images,
         seed,
         r.augment.random_crop_min,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import typer
@@ -49,6 +47,7 @@ def eval_fid(
     from spherear.eval import evaluate, format_table
     from spherear.eval.features import resolve_inception_weights
     from spherear.eval.npz import NpzImages
+    from spherear.files import check_output, sweep, write_json
     from spherear.runs import latest_samples, samples_recipe
 
     # without cpu=True, Accelerate ignores torchrun's processes on a machine without CUDA
@@ -58,6 +57,9 @@ def eval_fid(
         samples = latest_samples()
         say(f"samples: {samples} (the newest under runs/)")
     NpzImages(samples)  # a bad file stops here, before the reference is looked for
+    out = json_out or samples.parent / "eval-fid.json"
+    check_output(out, "--json", folder=False)  # before hours of work, not after
+    sweep(out.parent, recursive=False)
     recipe, recipe_path = samples_recipe(samples)
     if ref is None:
         if recipe is None or not recipe.eval.reference:
@@ -83,9 +85,6 @@ def eval_fid(
     )
     if report is None:
         return
-    out = json_out or samples.parent / "eval-fid.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
-    say(format_table(report))
+    say(format_table(report))  # printed first: a failed write loses nothing
+    write_json(out, report, "eval-fid/report")
     say(f"wrote {out}")

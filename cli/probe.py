@@ -4,8 +4,6 @@ exist (the tiny/synthetic setting). Not FID."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import typer
@@ -37,6 +35,7 @@ def eval_probe(
     the samples' recipe has augment.hflip = true (its classes are flip-invariant)."""
     from spherear.errors import SpherearError
     from spherear.eval.probe import evaluate, format_table
+    from spherear.files import check_output, sweep, write_json
     from spherear.runs import latest_samples, samples_recipe
 
     if samples is None:
@@ -52,12 +51,12 @@ def eval_probe(
         data = Path(recipe.data.prepared)
         typer.echo(f"data: {data} (data.prepared in {recipe_path})")
     flip_invariant = recipe is not None and recipe.augment.hflip
-    report = evaluate(samples, data, flip_invariant=flip_invariant)
     out = json_out or samples.parent / "eval-probe.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
-    typer.echo(format_table(report))
+    check_output(out, "--json", folder=False)  # before the work, not after
+    sweep(out.parent, recursive=False)
+    report = evaluate(samples, data, flip_invariant=flip_invariant)
+    typer.echo(format_table(report))  # printed first: a failed write loses nothing
     for warning in report["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
+    write_json(out, report, "eval-probe/report")
     typer.echo(f"wrote {out}")

@@ -11,7 +11,6 @@ every global outside a short list, so that no code from the file ever runs.
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from spherear.config import Recipe, SampleConfig, VAEConfig, recipe_from_dict
 from spherear.errors import SpherearError
+from spherear.files import read_json
 
 FORMAT_NAME = "spherear"
 FORMAT_VERSION = 2
@@ -110,15 +110,10 @@ def read_export_config(folder: Path) -> tuple[dict, Recipe]:
     """The config.json of an export folder and the recipe it holds, refused in one line when
     it is damaged or was written for an AR model with another RoPE rule."""
     path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e}); re-export the run") from None
-    if (
-        not isinstance(config, dict)
-        or config.get("kind") not in ("vae", "ar")
-        or not isinstance(config.get("recipe"), dict)
-    ):
+    config = read_json(path, "re-export the run (rerun its train-vae or train-ar)")
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a spherear export config (no format 'spherear')")
+    if config.get("kind") not in ("vae", "ar") or not isinstance(config.get("recipe"), dict):
         raise CheckpointError(f"{path}: needs 'kind' ('vae' or 'ar') and a 'recipe' table")
     recipe = recipe_from_dict(config["recipe"], str(path))
     if config["kind"] == "ar" and recipe.ar is None:
@@ -162,15 +157,26 @@ def _authors_header(path: Path) -> Header | None:
 
 
 def export_folder(path: Path) -> Path | None:
-    """The export folder ``path`` names (the folder or its config.json), else None."""
-    folder = path if path.is_dir() else path.parent if path.name == "config.json" else None
-    if folder is None or not (folder / "config.json").is_file():
+    """The export folder ``path`` names (the folder, its config.json or a run folder that
+    holds one), None for a file that may be the authors'; a folder that holds no export is
+    refused, naming what it is."""
+    if path.name == "config.json" and path.is_file():
+        return path.parent
+    if not path.is_dir():
         return None
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return folder if isinstance(config, dict) and config.get("format") == FORMAT_NAME else None
+    if (path / "config.json").is_file():
+        return path
+    if (path / "recipe.toml").is_file() and (path / "export" / "config.json").is_file():
+        return path / "export"
+    if (path / "state.json").is_file() or path.parent.name == "checkpoints":
+        raise CheckpointError(
+            f"{path}: a training checkpoint (the state to resume a run), not an export; pass "
+            f"the run folder ({path.parent.parent}) or its export/, written when training ends"
+        )
+    raise CheckpointError(
+        f"{path}: a folder without a spherear config.json, so not an export; pass an export "
+        "folder (a run's export/), a run folder, or the authors' .pt file"
+    )
 
 
 def read_header(path: str | Path) -> Header | None:

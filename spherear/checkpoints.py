@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import pickle
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from spherear.checkpoint_header import (
     FORMAT_NAME,
@@ -48,6 +45,17 @@ from spherear.checkpoint_header import (
     read_header,
 )
 from spherear.config import ARConfig, Recipe, VAEConfig, recipe_to_dict, save_recipe
+from spherear.files import (
+    DamagedError,
+    atomic_write,
+    check_record,
+    check_safetensors,
+    file_record,
+    load_torch_file,
+    new_folder,
+    publish,
+    write_json,
+)
 from spherear.hub_files import resolve
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
@@ -170,16 +178,6 @@ def _meta_shapes(recipe: Recipe) -> dict[str, torch.Size]:
 # The authors' release
 
 
-def _safe_load(path: Path):
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # files in torch's legacy format cannot be memory-mapped
-                raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _one_line(e: Exception, limit: int = 200) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -188,24 +186,10 @@ def _one_line(e: Exception, limit: int = 200) -> str:
 def read_authors_file(path: str | Path) -> dict:
     """``torch.load`` that unpickles tensors, containers and argparse.Namespace only."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
     try:
-        obj = _safe_load(path)
-    except pickle.UnpicklingError as e:
-        # torch's own message suggests weights_only=False, which is exactly what not to do
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        if found is None:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (bad pickle)") from None
-        raise CheckpointError(
-            f"{path}: refused to unpickle it (it references {found.group(1)}); only tensors, "
-            "plain containers and argparse.Namespace are allowed, so this is not a SphereAR "
-            "checkpoint"
-        ) from None
-    except Exception as e:  # the unpickler fails on garbage with many exception types
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(e).__name__}: {_one_line(e)})"
-        ) from None
+        obj = load_torch_file(path, (argparse.Namespace,), "torch checkpoint")
+    except DamagedError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(
             f"{path}: expected the authors' format, a dict with a 'model' state dict "
@@ -328,31 +312,52 @@ def save_pretrained(
     ar_state: dict[str, torch.Tensor] | None = None,
     ar_raw_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a loadable export. ``ar_state`` is what sampling uses (normally the EMA)."""
+    """Write a loadable export. ``ar_state`` is what sampling uses (normally the EMA). The
+    folder appears whole or not at all, and ``config.json`` records each file's size and
+    sha256, so a damaged copy is named when it is loaded."""
     recipe = spell_out(recipe)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = new_folder(out)
     contiguous = lambda sd: {k: v.detach().contiguous().cpu() for k, v in sd.items()}  # noqa: E731
-    save_file(contiguous(vae.state_dict()), out / "vae.safetensors")
-    if ar_state is not None:
-        save_file(contiguous(ar_state), out / "ar.safetensors")
-    if ar_raw_state is not None:
-        save_file(contiguous(ar_raw_state), out / "ar_raw.safetensors")
+    weights = {"vae.safetensors": vae.state_dict(), "ar.safetensors": ar_state,
+               "ar_raw.safetensors": ar_raw_state}  # fmt: skip
+    files = {
+        name: atomic_write(tmp / name, save(contiguous(state)), "export/weights", record=True)
+        for name, state in weights.items()
+        if state is not None
+    }
+    files["recipe.toml"] = file_record(save_recipe(recipe, tmp))
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "kind": "ar" if ar_state is not None else "vae",
         "rope": ROPE_CONVENTION,
         "recipe": recipe_to_dict(recipe),
+        "files": files,
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_recipe(recipe, out)
-    return out
+    write_json(tmp / "config.json", config, "export/config")
+    return publish(tmp, out, "export/publish")
+
+
+def _check_export(folder: Path, config: dict, names: list[str]) -> None:
+    """Each of ``names`` has the size and sha256 that ``config.json`` recorded (exports
+    written before records existed: the size their safetensors header needs)."""
+    records = config.get("files") if isinstance(config.get("files"), dict) else None
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the export; re-export the run")
+        problem = check_record(path, records[name]) if records and name in records else (
+            check_safetensors(path) if name.endswith(".safetensors") else None
+        )  # fmt: skip
+        if problem:
+            raise CheckpointError(
+                f"{path}: damaged ({problem}); copy the export again, or re-export it by "
+                "rerunning the run's train-vae/train-ar"
+            )
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing from the export; re-export the run")
     try:
         return load_file(path)
     except Exception as e:  # safetensors raises its own error types for damaged files
@@ -364,14 +369,15 @@ def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
     if folder is None:
         raise CheckpointError(f"{path}: no spherear config.json here; pass an export folder")
     config, recipe = read_export_config(folder)
+    name = "ar.safetensors" if weights == "ema" else "ar_raw.safetensors"
+    if config["kind"] == "ar" and not (folder / name).is_file():
+        raise CheckpointError(f"{folder}: no {name}; this export has no {weights} weights")
+    _check_export(folder, config, ["vae.safetensors"] + ([name] if config["kind"] == "ar" else []))
     vae_state = _load_file(folder / "vae.safetensors")
     vae = _empty(lambda: build_vae(recipe), vae_state)
     _load_strict(vae, vae_state, folder / "vae.safetensors")
     ar = None
     if config["kind"] == "ar":
-        name = "ar.safetensors" if weights == "ema" else "ar_raw.safetensors"
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: no {name}; this export has no {weights} weights")
         ar_state = _load_file(folder / name)
         ar = _empty(lambda: build_ar(recipe), ar_state)
         _load_strict(ar, ar_state, folder / name)
@@ -430,6 +436,7 @@ def _inspect_local(path: Path) -> CheckpointInfo:
     folder = export_folder(path)
     if folder is not None:
         config, recipe = read_export_config(folder)
+        _check_export(folder, config, sorted(p.name for p in folder.glob("*.safetensors")))
         size = recipe.ar.size if recipe.ar is not None else None
         return CheckpointInfo(
             str(folder), FORMAT_NAME, "full" if config["kind"] == "ar" else "vae", size,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spherear.errors import SpherearError
+from spherear.files import atomic_write, read_text
 
 
 class RecipeError(SpherearError):
@@ -379,10 +380,12 @@ def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] =
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a TOML recipe, apply ``--set`` overrides and validate the result."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: a folder, not a recipe file; pass a .toml file (see recipes/)")
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file; the shipped ones are in recipes/")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text(path, "save the recipe as UTF-8"))
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML ({e})") from None
     return recipe_from_dict(data, str(path), overrides)
@@ -427,8 +430,5 @@ def recipe_to_toml(recipe: Recipe) -> str:
 def save_recipe(recipe: Recipe, out_dir: str | Path) -> Path:
     """Write the resolved recipe beside a run's outputs as ``recipe.toml``."""
     out = Path(out_dir) / "recipe.toml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".toml.tmp")
-    tmp.write_text(recipe_to_toml(recipe))
-    tmp.replace(out)
+    atomic_write(out, recipe_to_toml(recipe), "recipe")
     return out

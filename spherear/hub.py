@@ -139,8 +139,8 @@ def find_run(run: str | Path | None = None, root: str | Path = RUNS) -> tuple[Pa
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
         raise PushError(
             f"{path}: not readable JSON ({e}); rerun what wrote it or delete it"
         ) from None

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from spherear.errors import SpherearError
 
-REPO_ID = r"[\w.-]+/[\w.-]+"
+# the hub's rule for user and repo names: letters, digits, "-", "_" and ".", neither first
+# nor last "-" or ".", no "--" or ".."; so "hf://../../etc/passwd" is no address
+NAME = r"(?![.-])(?:(?!--|\.\.)[\w.-]){1,96}(?<![.-])"
+REPO_ID = rf"{NAME}/{NAME}"
 # ``Path("hf://a/b")`` collapses the double slash, and the CLI's checkpoint options are Paths,
 # so "hf:/a/b" must mean the same address.
 _ADDRESS = re.compile(
@@ -59,10 +62,10 @@ def parse_address(text: str | Path) -> HubAddress | None:
     if not text.startswith("hf:/"):
         return None
     found = _ADDRESS.match(text.rstrip("/"))
-    if found is None:
+    if found is None or ".." in (found["file"] or "").split("/"):
         raise HubError(
-            f"{text}: not a hub address; expected hf://USER/REPO[@REVISION][/FILE], "
-            "e.g. hf://guolinke/SphereAR/SphereAR_B.pt"
+            f"{text}: not a hub address; expected hf://USER/REPO[@REVISION][/FILE] with names "
+            "of letters, digits, '-', '_' and '.', e.g. hf://guolinke/SphereAR/SphereAR_B.pt"
         )
     return HubAddress(found["repo"], found["revision"], found["file"] or "")
 
@@ -84,6 +87,7 @@ def _download(address: HubAddress) -> Path:
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -127,11 +131,17 @@ def _download(address: HubAddress) -> Path:
             f"{address}: not in the Hugging Face cache and {why}; fetch it with "
             f"`{_fetch_command(address)}` while online"
         ) from None
+    except HFValidationError as e:
+        raise HubError(f"{address}: not a valid hub address ({_first_line(e)})") from None
     except EntryNotFoundError:
         raise HubError(
             f"{address}: {address.repo_id} has no file '{address.path}'"
             + (f" at revision {address.revision}" if address.revision else "")
         ) from None
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:160]
 
 
 def _commit(local: Path, address: HubAddress) -> str:

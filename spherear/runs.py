@@ -22,8 +22,8 @@ def _newest(paths: list[Path]) -> Path | None:
 
 def _export_kind(export: Path) -> str | None:
     try:
-        return json.loads((export / "config.json").read_text()).get("kind")
-    except (OSError, json.JSONDecodeError):
+        return json.loads((export / "config.json").read_bytes()).get("kind")
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -82,7 +82,10 @@ def samples_recipe(samples: Path) -> tuple[Recipe | None, Path | None]:
     settings = samples.parent / "settings.json"
     if settings.is_file():
         # `spherear sample` records the checkpoint as "PATH (what it is)"
-        checkpoint = json.loads(settings.read_text()).get("checkpoint")
+        try:
+            checkpoint = json.loads(settings.read_bytes()).get("checkpoint")
+        except (OSError, ValueError, AttributeError):  # damaged: the run folder may still tell
+            checkpoint = None
         if isinstance(checkpoint, str):
             candidates.append(Path(checkpoint.partition(" (")[0]))
     for folder in candidates:

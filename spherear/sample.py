@@ -12,7 +12,10 @@ dealt round-robin to the processes. The output folder holds::
     grid.png        one row per class, up to 16 classes x 8 images, named on the left
     samples.npz     arr_0: N x H x W x 3 uint8; written last, so it marks a complete run
 
-Every file is written under a temporary name and renamed when whole.
+Every file is written under a temporary name and renamed when whole. The settings record
+the numerics (device, CPU instruction set, thread count): a continued run takes the
+recorded thread count, so its images are those of an uninterrupted run. A damaged
+``samples.npz`` (a truncated copy) is found on the next run and sampled again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -29,7 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spherear import numerics
 from spherear.checkpoints import Loaded
+from spherear.errors import SpherearError
+from spherear.files import (
+    atomic_write,
+    check_output,
+    note,
+    read_json,
+    remove,
+    sweep,
+    write_json,
+)
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 
 SETTINGS = "settings.json"
@@ -95,12 +108,12 @@ def _weights_sha256(*models: torch.nn.Module) -> str:
 
 
 def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
-    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     record = {
         **asdict(plan),
         "checkpoint": loaded.description,
         "weights_sha256": _weights_sha256(loaded.vae, loaded.ar),
-        "device": f"{device.type}, {precision}",
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "numerics": numerics.describe(device),
         "scheme": SCHEME,
         "class_names": list(loaded.recipe.ar.class_names),  # the data's, recorded by train-ar
     }
@@ -116,11 +129,20 @@ def _show(key: str, value) -> str:
     return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else repr(value)
 
 
-def check_settings(out: Path, record: dict) -> None:
+def saved_settings(out: Path) -> dict | None:
+    """What an earlier run recorded in ``out`` (None if it did not start)."""
     path = out / SETTINGS
     if not path.is_file():
+        return None
+    saved = read_json(path, f"delete {out} and rerun to sample it from the start")
+    if not isinstance(saved, dict):
+        raise SampleError(f"{path}: not a settings record; delete {out} and rerun")
+    return saved
+
+
+def check_settings(out: Path, saved: dict | None, record: dict) -> None:
+    if saved is None:
         return
-    saved = json.loads(path.read_text())
     keys = [k for k in {**saved, **record} if k not in DESCRIPTIVE]
     differ = [k for k in keys if saved.get(k) != record.get(k)]
     if differ:
@@ -131,12 +153,6 @@ def check_settings(out: Path, record: dict) -> None:
             f"{out} holds samples made with other settings ({listed}); pass another --out, "
             "or the same arguments to continue it"
         )
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,16 +181,25 @@ def sample_chunk(
 
 
 def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")  # a killed run leaves it; the next overwrites it
-    with open(tmp, "wb") as f:
-        np.savez(f, images=images, labels=labels)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images, labels=labels)
+
+    atomic_write(path, write, "sample/chunk")
 
 
 def _read_chunk(path: Path, labels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
-    """A chunk's images, if it holds ``labels`` and images of ``image_shape``."""
-    with np.load(path) as chunk:
-        images, found = chunk["images"], chunk["labels"]
+    """A chunk's images, if it holds ``labels`` and images of ``image_shape``; a damaged
+    chunk is deleted, so that the next run samples it again."""
+    try:
+        with np.load(path, allow_pickle=False) as chunk:
+            images, found = chunk["images"], chunk["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        remove(path, "sample/drop")
+        raise SampleError(
+            f"{path}: damaged ({type(e).__name__}), so it was deleted; rerun the same command "
+            "to sample it again"
+        ) from None
     if not np.array_equal(found, labels) or images.shape[1:] != image_shape:
         raise SampleError(f"{path}: not a chunk of this run; delete {path.parent}/ and rerun")
     return images
@@ -219,29 +244,50 @@ def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.nda
 
 def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int,
               names: list[str]) -> None:  # fmt: skip
-    tmp = out / ".labels.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, labels)
-    tmp.replace(out / "labels.npy")
-
-    rows = _grid_indices(labels)
-    wanted = {i for row in rows.values() for i in row}
-    picked: dict[int, np.ndarray] = {}
     shape = (plan.n, resolution, resolution, 3)
 
-    def chunks():
-        for k in range(math.ceil(plan.n / plan.batch_size)):
-            indices = _chunk_range(plan, k)
-            expected = labels[indices.start : indices.stop]
-            images = _read_chunk(_chunk_path(out, k), expected, shape[1:])
-            picked.update({i: images[i - indices.start] for i in indices if i in wanted})
-            yield images
+    def chunk(k: int) -> np.ndarray:
+        indices = _chunk_range(plan, k)
+        return _read_chunk(_chunk_path(out, k), labels[indices.start : indices.stop], shape[1:])
 
-    body = out / ".samples.npz.tmp"
-    _write_npz(body, chunks(), shape)
+    rows = _grid_indices(labels)
+    wanted = sorted({i for row in rows.values() for i in row})
+    picked = {}
+    for k in sorted({i // plan.batch_size for i in wanted}):
+        images = chunk(k)
+        picked |= {i: images[i % plan.batch_size] for i in wanted if i // plan.batch_size == k}
     _write_grid(out / "grid.png", rows, picked, names)
-    body.replace(out / "samples.npz")  # last: samples.npz marks a complete run
-    shutil.rmtree(out / "chunks")
+
+    def save_labels(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, labels)
+
+    atomic_write(out / "labels.npy", save_labels, "sample/labels")
+    num_chunks = math.ceil(plan.n / plan.batch_size)
+    # last: samples.npz marks a complete run
+    atomic_write(out / "samples.npz",
+                 lambda tmp: _write_npz(tmp, (chunk(k) for k in range(num_chunks)), shape),
+                 "sample/npz")  # fmt: skip
+    remove(out / "chunks", "sample/cleanup")
+
+
+def _check_complete(out: Path, plan: Plan, resolution: int) -> None:
+    """Delete ``samples.npz`` if it is not whole (a truncated copy, say), so that it is
+    sampled or assembled again."""
+    from spherear.eval.npz import NpzImages
+
+    path = out / "samples.npz"
+    if not path.is_file():
+        return
+    expected = (plan.n, resolution, resolution, 3)
+    try:
+        shape = NpzImages(path).shape
+        problem = None if shape == expected else f"arr_0 is {shape}, not {expected}"
+    except SpherearError as e:
+        problem = str(e).removeprefix(f"{path}: ").split("; ")[0]
+    if problem is not None:
+        note(f"{path}: damaged ({problem}); sampling it again")
+        remove(path, "sample/drop")
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,14 +303,23 @@ def sample_images(
     out = Path(out)
     if loaded.ar is None:
         raise only_a_vae(loaded.description)
+    check_output(out, "--out")
     labels = class_labels(plan.n, loaded.recipe.ar.num_classes, plan.labels, plan.seed)
-    record = settings_record(loaded, plan, accelerator.device)
-    check_settings(out, record)
-    num_chunks = math.ceil(plan.n / plan.batch_size)
     main = accelerator.is_main_process
+    saved = saved_settings(out)
+    if saved is not None and isinstance(saved.get("numerics"), dict):
+        numerics.adopt(saved["numerics"], accelerator.device, str(out),
+                       note if main else lambda message: None)  # fmt: skip
+    record = settings_record(loaded, plan, accelerator.device)
+    check_settings(out, saved, record)
+    num_chunks = math.ceil(plan.n / plan.batch_size)
+    resolution = loaded.recipe.vae.resolution
+    if main:
+        _check_complete(out, plan, resolution)
+    accelerator.wait_for_everyone()
     if (out / "samples.npz").is_file():
-        if main and (out / "chunks").exists():
-            shutil.rmtree(out / "chunks")  # left by a run killed just after it finished
+        if main:
+            remove(out / "chunks", "sample/cleanup")  # left by a run killed as it finished
         return Result(out, plan.n, [0] * accelerator.num_processes, 0, 0.0)
 
     def finished() -> int:
@@ -272,14 +327,16 @@ def sample_images(
                    if _chunk_path(out, k).is_file())  # fmt: skip
 
     start = time.perf_counter()
+    if main:
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        sweep(out)
+        sweep(out / "chunks")
+        if saved is None:
+            write_json(out / SETTINGS, record, "sample/settings")
+    accelerator.wait_for_everyone()  # no chunk is written before every process counted
     reused = sum(_chunk_path(out, k).is_file() for k in range(num_chunks))
     bar = tqdm(total=plan.n, initial=finished(), unit="img", desc="sample",
                disable=not (progress and main))  # fmt: skip
-    if main:
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        if not (out / SETTINGS).is_file():
-            _write_json(out / SETTINGS, record)
-    accelerator.wait_for_everyone()  # no chunk is written before every process counted
     loaded.ar.to(accelerator.device).eval()
     loaded.vae.to(accelerator.device).eval()
     made = 0
@@ -298,6 +355,6 @@ def sample_images(
     bar.close()
     counts = accelerator.gather(torch.tensor([made], device=accelerator.device)).tolist()
     if main:
-        _assemble(out, plan, labels, loaded.recipe.vae.resolution, record["class_names"])
+        _assemble(out, plan, labels, resolution, record["class_names"])
     accelerator.wait_for_everyone()
     return Result(out, plan.n, counts, reused, time.perf_counter() - start)

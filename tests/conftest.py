@@ -93,3 +93,21 @@ def _session_cache(tmp_path_factory):
     patch.setenv("SPHEREAR_CACHE", str(tmp_path_factory.mktemp("spherear_cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """Runs ``spherear`` commands in processes of their own (see ``forkserver``)."""
+    from .forkserver import ForkServer
+
+    server = ForkServer(tmp_path_factory.mktemp("forkserver"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, cli):
+    """The tiny pipeline run once through the CLI, snapshot after every stage."""
+    from .pipeline import build_pipeline
+
+    return build_pipeline(tmp_path_factory.mktemp("pipeline"), cli)

@@ -6,12 +6,16 @@ Layout of a cache folder::
     shard-XXXXX.safetensors  images [X * shard_size, (X + 1) * shard_size):
                              mu (N, V, T, D) fp16 unit directions, kappa (N, V, T) fp32,
                              labels (N,) int64, for V views of each image
-    manifest.json            written last: the cache is complete
+    manifest.json            written last: the cache is complete; each shard's size and
+                             sha256
 
 Each shard is written under a temporary name and renamed when whole, so a run killed at
 any point leaves only whole shards; a rerun skips them. With several processes, rank r
-encodes the shards i with i % world_size == r. A shard's content depends only on the data,
-the VAE and the settings, never on the number of processes.
+encodes the shards i with i % world_size == r. A shard's content depends only on the data
+(identified by its content, not its path, so a moved workspace still matches), the VAE,
+the settings and the numerics (device, thread count), never on the number of processes.
+Rerunning on a complete cache checks every shard against the manifest and encodes a
+damaged one again; training checks every shard's size.
 
 Views: 0 is the ADM centre crop, 1 its mirror image, then ``random_crops`` random crops,
 each flipped with probability 1/2, seeded by (seed, image index, view). With
@@ -21,25 +25,36 @@ each flipped with probability 1/2, seeded by (seed, image index, view). With
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from spherear import numerics
 from spherear.config import Recipe, recipe_to_dict
-from spherear.data.prepare import read_info, shard_files
+from spherear.data.prepare import PreparedImages, data_fingerprint
 from spherear.data.transforms import center_crop, random_crop, to_tensor
 from spherear.errors import SpherearError
+from spherear.files import (
+    DamagedError,
+    atomic_write,
+    check_output,
+    check_record,
+    check_safetensors,
+    file_record,
+    note,
+    read_json,
+    remove,
+    sweep,
+    write_json,
+)
 from spherear.hub_files import resolve
 from spherear.models.power_spherical import PowerSpherical
 from spherear.models.vae import SphericalVAE
@@ -55,6 +70,8 @@ class CacheError(SpherearError):
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of a checkpoint: the file, or a folder's safetensors and config files."""
     path = resolve(path)[0]  # an hf:// address: its copy in the Hugging Face cache
+    if not path.exists():
+        raise CacheError(f"{path}: no such file or folder (the VAE checkpoint)")
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.suffix in (".safetensors", ".json")
     )  # fmt: skip
@@ -84,54 +101,28 @@ def make_views(image: Image.Image, index: int, recipe: Recipe) -> list[Image.Ima
     return views
 
 
-@dataclass
-class _ImageTable:
-    """Random access to the images of a prepared dataset, by global index."""
-
-    files: list[Path]
-    offsets: list[int]
-
-    @classmethod
-    def open(cls, data_dir: Path) -> _ImageTable:
-        files = shard_files(data_dir)
-        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
-        return cls(files, [0, *np.cumsum(counts).tolist()])
-
-    @property
-    def num_images(self) -> int:
-        return self.offsets[-1]
-
-    def rows(self, start: int, stop: int) -> list[dict]:
-        out = []
-        for i, f in enumerate(self.files):
-            lo, hi = max(start, self.offsets[i]), min(stop, self.offsets[i + 1])
-            if lo < hi:
-                table = pq.read_table(f, columns=["image", "label"])
-                out += table.slice(lo - self.offsets[i], hi - lo).to_pylist()
-        return out
-
-
-def _settings(recipe: Recipe, vae_path: Path, data_dir: Path, num_images: int) -> dict:
+def _settings(recipe: Recipe, vae_path: Path, data_dir: Path, num_images: int, device) -> dict:
     return {
         "vae_sha256": file_fingerprint(vae_path),
         "vae": recipe_to_dict(recipe)["vae"],
         "cache": recipe_to_dict(recipe)["cache"],
         "views": view_names(recipe),
         "random_crop_min": recipe.augment.random_crop_min,
-        "data": str(data_dir.resolve()),
-        "data_settings": read_info(data_dir)["settings"],
+        "data_fingerprint": data_fingerprint(data_dir),
         "num_images": num_images,
+        "numerics": numerics.describe(device),
     }
 
 
-def _encode_shard(vae, table, index, recipe, out, device) -> None:
+def _encode_shard(vae, images: PreparedImages, index, recipe, out, device) -> None:
     cfg = recipe.cache
     start = index * cfg.shard_size
-    rows = table.rows(start, min(start + cfg.shard_size, table.num_images))
-    views = []
-    for offset, row in enumerate(rows):
-        image = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
-        views += make_views(image, start + offset, recipe)
+    stop = min(start + cfg.shard_size, len(images))
+    views, labels = [], []
+    for i in range(start, stop):
+        image, label = images[i]
+        views += make_views(image, i, recipe)
+        labels.append(label)
     num_views = len(view_names(recipe))
     mus, kappas = [], []
     with torch.no_grad():
@@ -142,16 +133,21 @@ def _encode_shard(vae, table, index, recipe, out, device) -> None:
                 posterior = vae.encode(batch.to(device))
             mus.append(posterior.mu.half().cpu())
             kappas.append(posterior.kappa.float().cpu())
-    n = len(rows)
+    n = len(labels)
     tensors = {
         "mu": torch.cat(mus).view(n, num_views, *mus[0].shape[1:]).contiguous(),
         "kappa": torch.cat(kappas).view(n, num_views, -1).contiguous(),
-        "labels": torch.tensor([row["label"] for row in rows], dtype=torch.int64),
+        "labels": torch.tensor(labels, dtype=torch.int64),
     }
-    final = out / f"shard-{index:05d}.safetensors"
-    tmp = out / f".shard-{index:05d}.tmp"
-    save_file(tensors, tmp)
-    tmp.replace(final)  # a killed run leaves a .tmp that the next run overwrites
+    atomic_write(_shard_path(out, index), save(tensors), "cache/shard")
+
+
+def _shard_path(out: Path, index: int) -> Path:
+    return out / f"shard-{index:05d}.safetensors"
+
+
+def _fix(out: Path) -> str:
+    return f"delete {out} and rerun `spherear cache-latents` to encode it again"
 
 
 def cache_latents(
@@ -168,72 +164,123 @@ def cache_latents(
     from tqdm import tqdm
 
     accelerator = accelerator or Accelerator()
+    main = accelerator.is_main_process
+    say = note if main else (lambda message: None)
     out, data_dir = Path(out), Path(data_dir)
-    table = _ImageTable.open(data_dir)
-    settings = _settings(recipe, Path(vae_path), data_dir, table.num_images)
-    if (out / MANIFEST).is_file():
-        manifest = json.loads((out / MANIFEST).read_text())
-        if manifest["settings"] != settings:
-            raise CacheError(
-                f"{out} holds a complete cache made with other settings (VAE, data or views); "
-                "choose another --out or delete it"
-            )
-        return manifest
-    if (out / SETTINGS).is_file() and json.loads((out / SETTINGS).read_text()) != settings:
+    check_output(out, "--out")
+    if main:
+        sweep(out)
+    accelerator.wait_for_everyone()  # nobody looks at the folder before it is swept
+    images = PreparedImages(data_dir)
+    saved = _saved_settings(out)
+    if saved is not None:
+        numerics.adopt(saved.get("numerics", {}), accelerator.device, str(out), say)
+    settings = _settings(recipe, Path(vae_path), data_dir, len(images), accelerator.device)
+    if saved is not None and saved != settings:
+        complete = "a complete" if (out / MANIFEST).is_file() else "an unfinished"
         raise CacheError(
-            f"{out} holds an unfinished cache made with other settings (VAE, data or views); "
-            "rerun with those, or delete the folder to start over"
+            f"{out} holds {complete} cache made with other settings ("
+            f"{', '.join(k for k in settings if saved.get(k) != settings[k])} differ); "
+            "rerun with those, or choose another --out (or delete it to start over)"
         )
-    if out.exists() and not (out / SETTINGS).is_file() and any(out.iterdir()):
+    if saved is None and out.exists() and any(out.iterdir()):
         raise CacheError(f"{out} exists and is not a latent cache; choose another --out")
+    num_shards = math.ceil(len(images) / recipe.cache.shard_size)
     # every process has checked the folder as it was before anyone writes to it
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and not (out / SETTINGS).is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".settings.tmp").write_text(json.dumps(settings, indent=1))
-        (out / ".settings.tmp").replace(out / SETTINGS)
+    if main:
+        if saved is None:
+            write_json(out / SETTINGS, settings, "cache/settings")
+        for index, problem in _damaged(out, num_shards):
+            say(f"{_shard_path(out, index)}: damaged ({problem}); encoding it again")
+            remove(out / MANIFEST, "cache/reopen")
+            remove(_shard_path(out, index), "cache/drop")
     accelerator.wait_for_everyone()
+    if (out / MANIFEST).is_file():
+        return read_manifest(out)
 
-    num_shards = math.ceil(table.num_images / recipe.cache.shard_size)
     mine = range(accelerator.process_index, num_shards, accelerator.num_processes)
-    todo = [i for i in mine if not (out / f"shard-{i:05d}.safetensors").is_file()]
+    todo = [i for i in mine if not _shard_path(out, i).is_file()]
     vae = vae.to(accelerator.device).eval()
     start, encoded = time.time(), 0
-    bar = tqdm(todo, unit="shard", desc="cache-latents",
-               disable=not (progress and accelerator.is_main_process))  # fmt: skip
+    bar = tqdm(todo, unit="shard", desc="cache-latents", disable=not (progress and main))
     for index in bar:
-        _encode_shard(vae, table, index, recipe, out, accelerator.device)
-        encoded += min(recipe.cache.shard_size, table.num_images - index * recipe.cache.shard_size)
+        _encode_shard(vae, images, index, recipe, out, accelerator.device)
+        encoded += min(recipe.cache.shard_size, len(images) - index * recipe.cache.shard_size)
         bar.set_postfix(images_per_s=f"{encoded / (time.time() - start):.1f}")
     accelerator.wait_for_everyone()
     manifest = {
         "settings": settings,
-        "class_names": read_info(data_dir)["class_names"],  # labels' names, for train-ar
+        "class_names": images.info["class_names"],  # labels' names, for train-ar
         "num_shards": num_shards,
         "num_tokens": recipe.vae.num_tokens,
         "latent_dim": recipe.vae.latent_dim,
         "bytes_per_view": recipe.vae.num_tokens * (2 * recipe.vae.latent_dim + 4),
         "num_processes": accelerator.num_processes,
+        "data": os.path.relpath(data_dir.resolve(), out.resolve()),
     }
-    if accelerator.is_main_process:
-        missing = [
-            i for i in range(num_shards) if not (out / f"shard-{i:05d}.safetensors").is_file()
-        ]
+    if main:
+        missing = [i for i in range(num_shards) if not _shard_path(out, i).is_file()]
         if missing:
             raise CacheError(f"{out}: shards {missing[:5]} are missing after the run; rerun it")
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        manifest["files"] = {_shard_path(out, i).name: file_record(_shard_path(out, i))
+                             for i in range(num_shards)}  # fmt: skip
+        write_json(out / MANIFEST, manifest, "cache/manifest")
     accelerator.wait_for_everyone()
-    return manifest
+    return read_manifest(out) if not main else manifest
+
+
+def _saved_settings(out: Path) -> dict | None:
+    """The settings an earlier run recorded in ``out``, if it holds a cache."""
+    if not (out / SETTINGS).is_file():
+        return None
+    saved = read_json(out / SETTINGS, _fix(out))
+    if not isinstance(saved, dict):
+        raise DamagedError(f"{out / SETTINGS}: not a settings record; {_fix(out)}")
+    return saved
+
+
+def _damaged(out: Path, num_shards: int) -> list[tuple[int, str]]:
+    """Shards that are not whole: against the manifest's records (every byte read) when the
+    cache is complete, else by their headers (a kill never leaves a partial shard, but a
+    truncated copy might)."""
+    records = {}
+    if (out / MANIFEST).is_file():
+        try:
+            records = read_json(out / MANIFEST, "").get("files", {})
+        except (DamagedError, AttributeError):
+            note(f"{out / MANIFEST}: damaged; checking the shards and writing it again")
+            remove(out / MANIFEST, "cache/reopen")  # written last: the shards say the rest
+    found = []
+    for index in range(num_shards):
+        path = _shard_path(out, index)
+        if not path.is_file():
+            continue
+        record = records.get(path.name)
+        problem = check_record(path, record) if record else check_safetensors(path)
+        if problem:
+            found.append((index, problem))
+    return found
 
 
 def read_manifest(cache_dir: str | Path) -> dict:
-    path = Path(cache_dir) / MANIFEST
+    """The manifest of a complete cache, every shard checked to have its recorded size."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / MANIFEST
     if not path.is_file():
         raise CacheError(
             f"{cache_dir}: not a complete latent cache (no {MANIFEST}); run or rerun "
             "`spherear cache-latents`"
         )
-    return json.loads(path.read_text())
+    rerun = "rerun `spherear cache-latents` with the same arguments to encode it again"
+    manifest = read_json(path, rerun)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
+        raise DamagedError(f"{path}: not a latent cache manifest; {rerun}")
+    for name, record in manifest.get("files", {}).items():
+        problem = check_record(cache_dir / name, record, content=False)
+        if problem:
+            raise DamagedError(f"{cache_dir / name}: damaged ({problem}); {rerun}")
+    return manifest
 
 
 class LatentDataset(torch.utils.data.Dataset):

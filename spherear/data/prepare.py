@@ -3,11 +3,16 @@
 The output folder holds ``data/shard-XXXXX.parquet`` with Hugging Face ``datasets``
 features (``image``, ``label`` as a ClassLabel, ``class_name``, ``key``), so
 ``datasets.load_dataset("parquet", data_dir=f"{OUT}/data")`` reads it too, plus
-``info.json`` (settings, counts, class names) and ``bad_images.txt`` (undecodable inputs,
-skipped). Work happens in ``.OUT.partial`` next to
-the output, one Parquet file per source shard, each written under a temporary name and
-renamed when whole; a rerun skips finished shards, and the folder is renamed to OUT only
-when every shard is there. An existing complete OUT with the same settings is reused.
+``info.json`` (settings, counts, class names, each shard's size and sha256) and
+``bad_images.txt`` (undecodable inputs, skipped; each shard also keeps its own list in its
+Parquet metadata). Work happens in ``.OUT.partial`` next to the output, one Parquet file per
+source shard, each written under a temporary name and renamed when whole; a rerun skips
+finished shards, and the folder is renamed to OUT only when every shard is there. An
+existing complete OUT with the same settings is checked against its recorded hashes and
+reused; a damaged shard is named and prepared again.
+
+``PreparedImages`` reads the shards in place with PyArrow, a row group at a time, so
+training never copies the dataset (no Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import os
+import re
 import shutil
 import time
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +35,24 @@ from PIL import Image
 from tqdm import tqdm
 
 from spherear.data.sources import Shard, SourceError, open_source, split_name
+from spherear.files import (
+    DamagedError,
+    atomic_write,
+    check_output,
+    check_record,
+    file_record,
+    note,
+    publish,
+    read_json,
+    sweep,
+    write_json,
+)
 
 FORMAT_VERSION = 1
 INFO = "info.json"
 BAD = "bad_images.txt"
+BAD_KEY = b"spherear.bad_images"  # each shard's own list of skipped inputs, in its metadata
+ROW_GROUP_BYTES = 1 << 20  # random access decodes one row group: keep them about 1 MB
 
 
 @dataclass
@@ -52,10 +75,20 @@ class PrepareResult:
         )
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A grey image of more than 8 bits (16-bit PNG or TIFF, 32-bit integer or float TIFF)
+    scaled to 0..255; PIL's own conversion clips it instead, turning most of it white."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode != "F" else (1.0 if values.max(initial=0) <= 1 else 255.0)
+    return Image.fromarray(np.clip(np.rint(values * (255 / top)), 0, 255).astype(np.uint8))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB whatever the mode: CMYK, grayscale, palette and alpha images included."""
+    """RGB whatever the mode: CMYK, grayscale (8 or 16 bits), palette and alpha images."""
     if image.mode == "RGB":
         return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -106,15 +139,14 @@ def _features(class_names: list[str]):
     )
 
 
-def _shard_path(folder: Path, index: int, suffix: str = ".parquet") -> Path:
-    return folder / "data" / f"shard-{index:05d}{suffix}"
+def _shard_path(folder: Path, index: int) -> Path:
+    return folder / "data" / f"shard-{index:05d}.parquet"
 
 
 def _write_shard(task: tuple) -> tuple[int, int, list[str]]:
     """Worker: one source shard -> ``data/shard-XXXXX.parquet``. Returns (index, kept, bad)."""
-    import datasets
-
-    datasets.disable_progress_bars()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     source, shard, partial, short_side = task
     rows = {"image": [], "label": [], "class_name": [], "key": []}
@@ -123,23 +155,54 @@ def _write_shard(task: tuple) -> tuple[int, int, list[str]]:
         try:
             data, _ = encode_image(raw, short_side)
         except Exception as e:  # a corrupt file must not end a run over a million images
-            bad.append(f"{shard.name}/{key}\t{type(e).__name__}: {' '.join(str(e).split())}")
+            # no object addresses: the list is part of the shard, whose bytes must not vary
+            why = re.sub(r" at 0x[0-9a-f]+", "", " ".join(str(e).split()))
+            bad.append(f"{shard.name}/{key}\t{type(e).__name__}: {why}")
             continue
         rows["image"].append({"bytes": data, "path": key})
         rows["label"].append(label)
         rows["class_name"].append(source.class_names[label])
         rows["key"].append(key)
-    final = _shard_path(partial, shard.index)
-    tmp = final.with_suffix(".tmp")
-    table = datasets.Dataset.from_dict(rows, features=_features(source.class_names))
-    table.to_parquet(str(tmp))
-    _shard_path(partial, shard.index, ".bad.json").write_text(json.dumps(bad))
-    tmp.replace(final)  # the shard exists under its final name only when whole
+    schema = _features(source.class_names).arrow_schema
+    schema = schema.with_metadata({**schema.metadata, BAD_KEY: json.dumps(bad).encode()})
+    table = pa.Table.from_pydict(rows, schema=schema)
+    image_bytes = sum(len(image["bytes"]) for image in rows["image"])
+    per_group = max(1, ROW_GROUP_BYTES * len(rows["key"]) // max(1, image_bytes))
+    atomic_write(_shard_path(partial, shard.index),
+                 lambda tmp: pq.write_table(table, str(tmp), row_group_size=per_group),
+                 "prepare/shard")  # fmt: skip
     return shard.index, len(rows["key"]), bad
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def _shard_readable(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception:  # pyarrow raises ArrowInvalid or OSError for a damaged footer
+        return False
+    return True
+
+
+def _source_setting(src, out: Path) -> tuple[str, str]:
+    """The source as recorded in the settings, and as an absolute description: a folder or
+    tar source by its path relative to the output's folder, so a workspace moved (or
+    copied) with its data still matches."""
+    location = getattr(src, "location", None)
+    if location is None:
+        return src.description, src.description
+    kind = src.description.partition(":")[0]
+    return f"{kind}:{os.path.relpath(location.resolve(), out.resolve().parent)}", src.description
+
+
+def _same_settings(info: dict, settings: dict, absolute: str) -> bool:
+    saved = info.get("settings")
+    if not isinstance(saved, dict):
+        return False
+    rest = [k for k in {**saved, **settings} if k != "source"]
+    return all(saved.get(k) == settings.get(k) for k in rest) and (
+        saved.get("source") in (settings["source"], absolute) or info.get("source_path") == absolute
+    )
 
 
 def prepare_dataset(
@@ -152,10 +215,16 @@ def prepare_dataset(
     seed: int = 0,
     min_crop_fraction: float = 0.8,
     progress: bool = True,
+    say: Callable[[str], None] = note,
 ) -> PrepareResult:
     """Prepare ``source`` into ``out``; see the module docstring for the format."""
     out = Path(out)
     start = time.time()
+    for name, value, low in [("--resolution", resolution, 1), ("--num-proc", num_proc, 1),
+                             ("--num-images", num_images, 1), ("--seed", seed, 0)]:  # fmt: skip
+        if value < low:
+            raise SourceError(f"{name} {value}: must be at least {low}")
+    check_output(out, "--out")
     # random crops cover down to min_crop_fraction of the short side and must still be at
     # least `resolution` pixels, so keep that much (never more: storage stays bounded)
     short_side = int(np.ceil(resolution / min_crop_fraction))
@@ -163,32 +232,42 @@ def prepare_dataset(
     src = open_source(source, split, num_images, seed, resolution)
     settings = {
         "format_version": FORMAT_VERSION,
-        "source": src.description,
+        "source": "",
         "split": split,
         "short_side": short_side,
         **({"num_images": num_images, "seed": seed} if source == "synthetic" else {}),
     }
+    settings["source"], absolute = _source_setting(src, out)
+    partial = out.parent / f".{out.name}.partial"
     if (out / INFO).is_file():
-        info = json.loads((out / INFO).read_text())
-        if info["settings"] != settings:
+        info = read_info(out)
+        if not _same_settings(info, settings, absolute):
             raise SourceError(
-                f"{out} holds a dataset prepared with other settings ({info['settings']}); "
+                f"{out} holds a dataset prepared with other settings ({info.get('settings')}); "
                 "choose another --out or delete it"
             )
-        return PrepareResult(out, info["num_images"], info["num_bad"], info["bytes"], 0, True)
-    if out.exists():
+        damaged = _damaged_shards(out, info)
+        if not damaged:
+            return PrepareResult(out, info["num_images"], info["num_bad"], info["bytes"], 0, True)
+        for path, problem in damaged:
+            say(f"{path}: damaged ({problem}); preparing that shard again")
+        shutil.rmtree(partial, ignore_errors=True)
+        out.rename(partial)  # back to unfinished: only the damaged shards are redone
+        for path, _ in damaged:
+            (partial / path.relative_to(out)).unlink(missing_ok=True)
+    elif out.exists():
         raise SourceError(f"{out} exists but is not a prepared dataset; choose another --out")
-    partial = out.parent / f".{out.name}.partial"
-    settings_file = partial / "settings.json"
-    if partial.exists() and (
-        not settings_file.is_file() or json.loads(settings_file.read_text()) != settings
-    ):
+    if partial.exists() and not _same_settings(_partial_info(partial), settings, absolute):
         shutil.rmtree(partial)  # our own leftovers from a run with other settings
+    if not (partial / INFO).is_file():
+        write_json(partial / INFO, {"settings": settings, "source_path": absolute},
+                   "prepare/start")  # fmt: skip
     (partial / "data").mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings))
+    sweep(partial)
+    sweep(out.parent, recursive=False)  # a publish killed between its two renames
 
     shards = src.shards()
-    todo = [s for s in shards if not _shard_path(partial, s.index).is_file()]
+    todo = [s for s in shards if not _shard_readable(_shard_path(partial, s.index))]
     tasks = [(src, s, partial, short_side) for s in todo]
     bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
                disable=not progress, desc="prepare-data")  # fmt: skip
@@ -203,39 +282,72 @@ def prepare_dataset(
 
     if num_proc > 1 and len(tasks) > 1:
         # spawn: workers must not inherit torch's threads or open file handles
-        with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
+        pool = multiprocessing.get_context("spawn").Pool(num_proc)
+        try:
             for _, kept, _ in pool.imap_unordered(_write_shard, tasks):
                 advance(kept)
+            pool.close()  # not terminate(): a killed worker leaks its semaphores
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     else:
         for task in tasks:
             advance(_write_shard(task)[1])
     bar.close()
-    return _finish(partial, out, settings, src, shards, start)
+    return _finish(partial, out, settings, absolute, src, shards, start)
 
 
-def _finish(partial: Path, out: Path, settings: dict, src, shards: list[Shard], start: float):
+def _partial_info(partial: Path) -> dict:
+    try:
+        return read_json(partial / INFO, "")
+    except DamagedError:
+        return {}
+
+
+def _damaged_shards(out: Path, info: dict) -> list[tuple[Path, str]]:
+    """The shards of a finished dataset that differ from the sizes and hashes recorded when
+    it was written (all of them are read)."""
+    if "files" not in info:  # written before records existed: the footers must still read
+        return [(f, "unreadable Parquet footer") for f in sorted((out / "data").glob("*.parquet"))
+                if not _shard_readable(f)]  # fmt: skip
+    found = []
+    for name, record in info["files"].items():
+        problem = check_record(out / name, record)
+        if problem:
+            found.append((out / name, problem))
+    return found
+
+
+def _finish(partial: Path, out: Path, settings: dict, absolute: str, src, shards: list[Shard],
+            start: float) -> PrepareResult:  # fmt: skip
     import pyarrow.parquet as pq
 
     bad: list[str] = []
     num_images = 0
+    records = {}
     for s in shards:
-        bad += json.loads(_shard_path(partial, s.index, ".bad.json").read_text())
-        num_images += pq.ParquetFile(_shard_path(partial, s.index)).metadata.num_rows
-        _shard_path(partial, s.index, ".bad.json").unlink()
+        path = _shard_path(partial, s.index)
+        metadata = pq.read_metadata(path)
+        bad += json.loads(metadata.metadata[BAD_KEY])
+        num_images += metadata.num_rows
+        records[path.relative_to(partial).as_posix()] = file_record(path)
     if num_images == 0:
         raise SourceError(f"{src.description}: no image could be decoded; see the source")
-    (partial / BAD).write_text("".join(line + "\n" for line in bad))
-    (partial / "settings.json").unlink()
+    atomic_write(partial / BAD, "".join(line + "\n" for line in bad), "prepare/bad_images")
     info = {
         "settings": settings,
+        "source_path": absolute,
         "num_images": num_images,
         "num_bad": len(bad),
         "num_classes": len(src.class_names),
         "class_names": src.class_names,
+        "bytes": sum(r["bytes"] for r in records.values()) + (partial / BAD).stat().st_size,
+        "files": records,
     }
-    info["bytes"] = _folder_bytes(partial)
-    (partial / INFO).write_text(json.dumps(info, indent=1))
-    partial.rename(out)
+    write_json(partial / INFO, info, "prepare/info")
+    publish(partial, out, "prepare/publish")
     return PrepareResult(out, num_images, len(bad), info["bytes"], time.time() - start, False)
 
 
@@ -245,32 +357,102 @@ def read_info(folder: str | Path) -> dict:
         raise SourceError(
             f"{folder}: not a prepared dataset (no {INFO}); run `spherear prepare-data` first"
         )
-    return json.loads(path.read_text())
+    info = read_json(path, "rerun `spherear prepare-data` into a new folder")
+    if not isinstance(info, dict) or "num_images" not in info:
+        raise DamagedError(f"{path}: not the info of a prepared dataset; rerun prepare-data")
+    return info
 
 
 def shard_files(folder: str | Path) -> list[Path]:
-    read_info(folder)
-    return sorted((Path(folder) / "data").glob("shard-*.parquet"))
+    """The dataset's shards, each checked to have the size recorded when it was written."""
+    folder = Path(folder)
+    info = read_info(folder)
+    for name, record in info.get("files", {}).items():
+        problem = check_record(folder / name, record, content=False)
+        if problem:
+            raise DamagedError(
+                f"{folder / name}: damaged ({problem}); rerun `spherear prepare-data` with the "
+                "same arguments, which prepares the damaged shards again"
+            )
+    return sorted((folder / "data").glob("shard-*.parquet"))
+
+
+def data_fingerprint(folder: str | Path) -> str:
+    """What identifies a prepared dataset's content wherever it lies: its shards' hashes
+    (their names and sizes for datasets prepared before hashes were recorded)."""
+    import hashlib
+
+    info = read_info(folder)
+    files = info.get("files") or {f.name: f.stat().st_size for f in shard_files(folder)}
+    content = {"settings": {**info["settings"], "source": None}, "files": files}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 class PreparedImages:
-    """Random access to a prepared dataset's images and labels (memory-mapped Arrow)."""
+    """Random access to a prepared dataset's images and labels, read in place: the shards are
+    memory-mapped and decoded one row group at a time (the last ``CACHED_GROUPS`` kept), so
+    nothing is copied to a cache."""
+
+    CACHED_GROUPS = 64
 
     def __init__(self, folder: str | Path):
-        import datasets
+        import pyarrow.parquet as pq
 
-        files = [str(f) for f in shard_files(folder)]
+        self.folder = Path(folder)
+        self.files = shard_files(folder)
         self.info = read_info(folder)
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
-        self.ds = ds.cast_column("image", datasets.Image(decode=False))
+        self._groups: list[tuple[int, int]] = []
+        starts = [0]
+        for i, path in enumerate(self.files):
+            try:
+                metadata = pq.read_metadata(path)
+            except Exception as e:  # ArrowInvalid or OSError: a damaged footer
+                raise DamagedError(
+                    f"{path}: damaged, not a readable Parquet file ({' '.join(str(e).split())}); "
+                    "rerun `spherear prepare-data` with the same arguments"
+                ) from None
+            for g in range(metadata.num_row_groups):
+                self._groups.append((i, g))
+                starts.append(starts[-1] + metadata.row_group(g).num_rows)
+        self._starts = np.array(starts)
+        self._handles: dict[tuple[int, int], object] = {}
+        self._cache: OrderedDict[int, tuple] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return int(self._starts[-1])
 
-    def labels(self) -> np.ndarray:
-        """Every image's label, in storage order."""
-        return np.asarray(self.ds["label"], dtype=np.int64)
+    def _file(self, i: int):
+        import pyarrow.parquet as pq
+
+        key = (os.getpid(), i)  # DataLoader workers fork: each opens its own handles
+        if key not in self._handles:
+            self._handles[key] = pq.ParquetFile(self.files[i], memory_map=True)
+        return self._handles[key]
+
+    def _group(self, k: int) -> tuple:
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        i, g = self._groups[k]
+        table = self._file(i).read_row_group(g, columns=["image", "label"])
+        images = table.column("image").combine_chunks().field("bytes")
+        self._cache[k] = (images, table.column("label").to_numpy())
+        if len(self._cache) > self.CACHED_GROUPS:
+            self._cache.popitem(last=False)
+        return self._cache[k]
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        row = self.ds[i]
-        return Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), row["label"]
+        if not 0 <= i < len(self):
+            raise IndexError(f"image {i} of {len(self)}")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        images, labels = self._group(k)
+        j = i - int(self._starts[k])
+        return Image.open(io.BytesIO(images[j].as_py())).convert("RGB"), int(labels[j])
+
+    def labels(self) -> np.ndarray:
+        """Every image's label, in order (int64)."""
+        import pyarrow.parquet as pq
+
+        return np.concatenate(
+            [pq.read_table(f, columns=["label"]).column("label").to_numpy() for f in self.files]
+        ).astype(np.int64)

@@ -117,6 +117,10 @@ class FolderSource:
         self.folders = folders
 
     @property
+    def location(self) -> Path:
+        return self.root
+
+    @property
     def description(self) -> str:
         return f"folder:{self.root.resolve()}"
 
@@ -149,7 +153,8 @@ class TarSource:
             with tarfile.open(self.path) as outer:
                 members = [m.name for m in outer.getmembers() if m.isfile()]
         except tarfile.TarError as e:
-            raise SourceError(f"tar:{self.path}: not a readable tar file ({e})") from None
+            why = " ".join(str(e).split())
+            raise SourceError(f"tar:{self.path}: not a readable tar file ({why})") from None
         inner = sorted(m for m in members if m.endswith(".tar"))
         if not inner or len(inner) != len(members):
             raise SourceError(
@@ -159,6 +164,10 @@ class TarSource:
         self.members = inner
         wnids = [Path(m).stem for m in inner]
         self.labels, self.class_names = _class_labels(wnids)
+
+    @property
+    def location(self) -> Path:
+        return self.path
 
     @property
     def description(self) -> str:

@@ -63,11 +63,11 @@ def evaluate(
             f"{reference}: holds only Inception statistics; FD in other feature spaces needs "
             "reference images (an .npz with arr_0 or a prepared dataset)"
         )
-    warning = sample_count_warning(len(sample_images))
-    if warning and main:
-        warn(warning)
     inception = InceptionFeatures(inception_weights).to(accelerator.device)
     others = [TimmFeatures(s).to(accelerator.device) for s in specs]
+    warning = sample_count_warning(len(sample_images))
+    if warning and main:  # once every input is known to be good
+        warn(warning)
 
     def reference_side(backbone) -> tuple[dict, object]:
         """(statistics, pool features or None) of the reference for ``backbone``."""

@@ -13,6 +13,7 @@ import contextlib
 import io
 import math
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from torch import nn
 from spherear.errors import SpherearError
 from spherear.eval.metrics import RunningStatistics, spatial_features
 from spherear.eval.npz import file_sha256
+from spherear.files import atomic_write, load_torch_file, note, sweep
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
@@ -75,18 +77,22 @@ def resolve_inception_weights(path: str | Path | None) -> Path:
     return target
 
 
-def _inception_skeleton():
-    """torch-fidelity's network with untouched initial weights: the key set and shapes."""
+def _inception_network(features: list[str], state: dict | None = None):
+    """torch-fidelity's network, loaded (strictly) with ``state``, or with untouched initial
+    weights (the key set and shapes). torch-fidelity unpickles its weights file with
+    weights_only=False, so it never sees the user's file: only an empty dict of ours, and
+    the tensors already read safely are loaded afterwards."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    class Skeleton(FeatureExtractorInceptionV3):
+    class Network(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):
-            return None
+            return None if state is None else super().load_state_dict(state, strict=strict)
 
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
-    return Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+    with torch.random.fork_rng(devices=[]):  # building it must not move the caller's RNG
+        return Network("inception-v3-compat", features, feature_extractor_weights_path=empty)
 
 
 def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
@@ -95,7 +101,7 @@ def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     where the real weights cannot be downloaded."""
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for name, t in _inception_skeleton().state_dict().items():
+    for name, t in _inception_network(["2048"]).state_dict().items():
         if name.endswith("conv.weight"):
             value = torch.randn(t.shape, generator=g) * math.sqrt(2 / t[0].numel())
         elif name == "fc.weight":
@@ -128,26 +134,14 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights: str | Path):
         super().__init__()
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         self.weights = Path(weights)
         self.sha256 = file_sha256(weights)
         self.tag = f"inception-2015-12-05-{self.sha256[:16]}"
+        state = load_torch_file(weights, what="PyTorch state dict")
+        if not isinstance(state, dict):
+            raise SpherearError(f"{weights}: not a state dict of {INCEPTION_FILE}")
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # any unpickling failure means: not a plain state dict
-            raise SpherearError(f"{weights}: not a PyTorch state dict ({e})") from None
-        # torch-fidelity unpickles its file with weights_only=False; hand it tensors we
-        # already loaded safely instead of the user's file
-        safe = io.BytesIO()
-        torch.save(state, safe)
-        safe.seek(0)
-        try:
-            self.net = FeatureExtractorInceptionV3(
-                "inception-v3-compat",
-                ["2048", "logits_unbiased"],
-                feature_extractor_weights_path=safe,
-            )
+            self.net = _inception_network(["2048", "logits_unbiased"], state)
         except RuntimeError as e:
             lines = str(e).splitlines()
             first = (lines[1] if len(lines) > 1 else lines[0]).strip()[:160]
@@ -180,6 +174,8 @@ class TimmFeatures(nn.Module):
         overlay = {"file": weights} if weights else None
         if weights and not Path(weights).is_file():
             raise SpherearError(f"{weights}: no such weights file for timm:{name}")
+        if weights and not weights.endswith(".safetensors"):
+            load_torch_file(weights, what=f"weights file for timm:{name}")  # refuse code first
         try:
             self.model = timm.create_model(
                 name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay
@@ -267,19 +263,33 @@ def _cached(path: Path, accelerator, compute) -> dict[str, np.ndarray] | None:
     result is written by the main process under a temporary name, then renamed."""
     from accelerate.utils import broadcast_object_list
 
-    hit = broadcast_object_list([path.is_file() if accelerator.is_main_process else None])[0]
-    if hit:
-        if not accelerator.is_main_process:
-            return None
-        with np.load(path) as f:
-            return dict(f)
+    cached = _read_cache(path) if accelerator.is_main_process else None
+    if broadcast_object_list([cached is not None])[0]:
+        return cached
     result = compute()
     if accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **result)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **result)
+
+        sweep(path.parent)
+        atomic_write(path, write, "features/cache")
     return result
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """A cached result, or None; a damaged one (a truncated copy) is deleted and
+    computed again."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return dict(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        note(f"{path}: damaged cache file ({type(e).__name__}); computing it again")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _cache_path(source: ImageSource, backbone: Backbone, kind: str, accelerator) -> Path:

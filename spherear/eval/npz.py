@@ -65,6 +65,12 @@ class NpzImages:
         self.shape: tuple[int, int, int, int] = tuple(shape)
         self._stored = info.compress_type == zipfile.ZIP_STORED
         self._offset = self._data_offset(info) + header_size if self._stored else 0
+        needed = self._offset + int(np.prod(self.shape))
+        if self._stored and needed > self.path.stat().st_size:
+            raise SpherearError(
+                f"{self.path}: truncated ({self.path.stat().st_size} bytes, arr_0 needs "
+                f"{needed}); write or copy it again"
+            )
         self._array: np.ndarray | None = None
         self._sha256: str | None = None
 
@@ -91,7 +97,7 @@ class NpzImages:
             images = np.memmap(self.path, np.uint8, "r", self._offset, (len(self) * row,))
             return np.array(images[start * row : stop * row]).reshape(-1, *self.shape[1:])
         if self._array is None:  # compressed (np.savez_compressed): no slicing in place
-            with np.load(self.path) as f:
+            with np.load(self.path, allow_pickle=False) as f:
                 self._array = f["arr_0"]
         return self._array[start:stop]
 
@@ -176,8 +182,12 @@ def open_reference(path: str | Path, resolution: tuple[int, int]) -> Reference:
         names = {n.removesuffix(".npy") for n in archive.namelist()}
     stats = {}
     if {"mu", "sigma"} <= names:
-        with np.load(path) as f:
-            stats = {k: f[k].astype(np.float64) for k in STAT_SHAPES if k in names}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stats = {k: f[k].astype(np.float64) for k in STAT_SHAPES if k in names}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays: a pickle
+            why = " ".join(str(e).split())
+            raise SpherearError(f"{path}: stored statistics are unreadable ({why})") from None
         wrong = [f"{k} {v.shape}" for k, v in stats.items() if v.shape != STAT_SHAPES[k]]
         if wrong:
             raise SpherearError(

@@ -22,21 +22,21 @@ from spherear.config import Recipe, RecipeError
 from spherear.data.latent_cache import LatentDataset, file_fingerprint, view_names
 from spherear.data.prepare import PreparedImages, read_info
 from spherear.data.transforms import to_tensor, train_view
+from spherear.files import note
 from spherear.models import build_ar
 from spherear.models.power_spherical import PowerSpherical
 from spherear.train.curves import plot_curves
 from spherear.train.loop import (
     EMA,
     BatchPlan,
-    Checkpoints,
-    Counter,
     MetricsLog,
     StepBatches,
+    StopRequests,
     TrainingError,
     adamw,
     check_finite,
+    ignore_stop_signals,
     oom_message,
-    resume,
     set_lr,
     steps_per_epoch,
     total_steps,
@@ -50,6 +50,7 @@ from spherear.train.session import (
     save_grid,
     trackers,
 )
+from spherear.train.state import Checkpoints, Part
 
 
 class MicroBatches(StepBatches):
@@ -97,22 +98,26 @@ def _encode(vae, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     return samples.to(images.device) * math.sqrt(mu.shape[-1])
 
 
-def _load_vae(recipe: Recipe) -> Loaded:
-    path = recipe.train.vae_checkpoint
-    if not path:
+def _vae_path(recipe: Recipe) -> str:
+    if not recipe.train.vae_checkpoint:
         raise TrainingError(
             "train.vae_checkpoint is empty: set it to the S-VAE that encoded the data "
             "(a train-vae export folder or the authors' vae.pt)"
         )
-    return load_vae(path, recipe.vae)
+    return recipe.train.vae_checkpoint
+
+
+def _load_vae(recipe: Recipe) -> Loaded:
+    return load_vae(_vae_path(recipe), recipe.vae)
 
 
 def _source(recipe: Recipe):
     if recipe.train.inputs == "images":
         return PreparedImages(recipe.data.prepared)
+    vae = _vae_path(recipe)
     source = LatentDataset(recipe.data.latents)
     cached = source.manifest["settings"]
-    if cached["vae_sha256"] != file_fingerprint(recipe.train.vae_checkpoint):
+    if cached["vae_sha256"] != file_fingerprint(vae):
         raise TrainingError(
             f"{recipe.data.latents} was cached with another VAE than train.vae_checkpoint "
             f"({recipe.train.vae_checkpoint}); rerun cache-latents with it or point to its cache"
@@ -186,7 +191,8 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     vae = _load_vae(recipe).vae.to(accelerator.device).eval().requires_grad_(False)
     per_epoch = steps_per_epoch(len(source), plan.global_batch)
     total = total_steps(cfg, per_epoch)
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
         record_run(recipe, run_dir)
 
     torch.manual_seed(recipe.run.seed)  # the same initial weights on every process
@@ -194,72 +200,74 @@ def train_ar(recipe: Recipe, progress: bool = True) -> Path:
     ar.grad_checkpointing = cfg.grad_checkpointing
     optimizer = adamw(ar, cfg, ("cls_embedding", "proj_in"), fused_optimizers(accelerator))
     ema = EMA(ar, cfg.ema_decay)
-    counter = Counter()
-    model, optimizer = accelerator.prepare(ar, optimizer)
-    if cfg.compile:
-        model = torch.compile(model)
-    for obj in (ema, counter):
-        accelerator.register_for_checkpointing(obj)
+    prepared, optimizer = accelerator.prepare(ar, optimizer)
+    model = torch.compile(prepared) if cfg.compile else prepared
+    trained = {"model": Part(prepared, optimizer)}
 
-    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
-    log = MetricsLog(run_dir, accelerator.is_main_process)
-    resume(accelerator, checkpoints)
-    log.truncate_after(counter.step)
+    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints, accelerator)
+    log = MetricsLog(run_dir, main)
+    resumed = checkpoints.resume(trained, ema, say=note if main else lambda message: None)
+    step = resumed.step if resumed else 0
+    log.keep(resumed.metrics_lines if resumed else 0)
     trackers(accelerator, recipe)
 
-    batches = MicroBatches(recipe, source, plan, accelerator.process_index, counter.step, total)
-    loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=cfg.num_workers, generator=torch.Generator()
-    )
-    bar = tqdm(total=total, initial=counter.step, unit="step", desc="train-ar",
-               disable=not (progress and accelerator.is_main_process))  # fmt: skip
+    batches = MicroBatches(recipe, source, plan, accelerator.process_index, step, total)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
+                                         generator=torch.Generator(),
+                                         worker_init_fn=ignore_stop_signals)  # fmt: skip
+    bar = tqdm(total=total, initial=step, unit="step", desc="train-ar",
+               disable=not (progress and main))  # fmt: skip
     running = 0.0
-    for k, batch in enumerate(loader):
-        micro = k % plan.accumulation
-        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-        tokens = batch["x"] if batch["x"].ndim == 3 else _encode(vae, batch["x"], batch["seed"])
-        last_micro = micro == plan.accumulation - 1
-        try:
-            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
-                with accelerator.autocast():
-                    loss = model(tokens, batch["label"], batch["drop"], batch["t"], batch["noise"])
-                accelerator.backward(loss / plan.accumulation)
-        except torch.cuda.OutOfMemoryError as e:
-            raise oom_message(e, plan, cfg) from None
-        running += loss.detach().float() / plan.accumulation
-        if not last_micro:
-            continue
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        step_loss = accelerator.reduce(running, "mean").item()
-        running = 0.0
-        check_finite(step_loss, counter.step + 1, checkpoints, cfg)
-        lr = set_lr([optimizer], cfg, counter.step, total)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(accelerator.unwrap_model(model))
-        counter.step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        if counter.step % cfg.log_every == 0 or counter.step == total:
-            record = {"step": counter.step, "loss": step_loss, "lr": lr,
-                      "grad_norm": float(grad_norm)}  # fmt: skip
-            log.write(record)
-            accelerator.log(record, step=counter.step)
-        if counter.step % cfg.checkpoint_every == 0 or counter.step == total:
-            checkpoints.save(accelerator, counter.step)
-        if cfg.sample_every and counter.step % cfg.sample_every == 0:
-            _sample_grid(recipe, accelerator, model, ema, vae, run_dir, counter.step)
+    with StopRequests() as stop:
+        for k, batch in enumerate(loader):
+            micro = k % plan.accumulation
+            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+            x = batch["x"]
+            tokens = x if x.ndim == 3 else _encode(vae, x, batch["seed"])
+            last_micro = micro == plan.accumulation - 1
+            try:
+                with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+                    with accelerator.autocast():
+                        loss = model(tokens, batch["label"], batch["drop"], batch["t"],
+                                     batch["noise"])  # fmt: skip
+                    accelerator.backward(loss / plan.accumulation)
+            except torch.cuda.OutOfMemoryError as e:
+                raise oom_message(e, plan, cfg) from None
+            running += loss.detach().float() / plan.accumulation
+            if not last_micro:
+                continue
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            step_loss = accelerator.reduce(running, "mean").item()
+            running = 0.0
+            check_finite(step_loss, step + 1, checkpoints, cfg)
+            lr = set_lr([optimizer], cfg, step, total)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(accelerator.unwrap_model(model))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if step % cfg.log_every == 0 or step == total:
+                record = {"step": step, "loss": step_loss, "lr": lr,
+                          "grad_norm": float(grad_norm)}  # fmt: skip
+                log.write(record)
+                accelerator.log(record, step=step)
+            # the grid before the checkpoint: a run resumed from it must not miss the grid
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                _sample_grid(recipe, accelerator, model, ema, vae, run_dir, step)
+            due = step % cfg.checkpoint_every == 0 or step == total
+            checkpoints.step_done(trained, ema, step, due, log, stop)
     bar.close()
 
     raw = accelerator.unwrap_model(model)
     sums = accelerator.gather(torch.tensor([weights_checksum(raw)], device=accelerator.device))
-    log.write({"step": counter.step, "weights_checksum_per_rank": sums.tolist()})
+    log.write({"step": step, "weights_checksum_per_rank": sums.tolist()})
     export = run_dir / "export"
-    if accelerator.is_main_process:
+    if main:
         ema_state = ema.full_state(raw)
         save_pretrained(export, recipe, vae.cpu(), ema_state, raw.state_dict())
         plot_curves(run_dir, ("loss", "lr", "grad_norm"))
-        _sample_grid(recipe, accelerator, model, ema, vae, run_dir, counter.step)
+        _sample_grid(recipe, accelerator, model, ema, vae, run_dir, step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export

@@ -3,9 +3,9 @@ can be judged without starting TensorBoard."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from spherear.files import atomic_write
 from spherear.train.loop import read_metrics
 
 
@@ -32,8 +32,6 @@ def plot_curves(run_dir: str | Path, keys: tuple[str, ...], out_name: str = "cur
     fig.suptitle(Path(run_dir).name)
     fig.tight_layout()
     out = Path(run_dir) / out_name
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), "curves")
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -1,5 +1,6 @@
 """What train-vae and train-ar share: batch arithmetic, data order, per-sample seeds, EMA,
-optimiser groups, the learning-rate schedule, atomic checkpoints, the metrics log, guards.
+optimiser groups, the learning-rate schedule, the metrics log, stopping on signals, guards
+(checkpoints are ``spherear.train.state``).
 
 Determinism is built in rather than restored: the images of global step s, and every random
 draw made for them (crop, posterior sample, class dropout, flow time and noise), are
@@ -11,17 +12,25 @@ random number generator.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import shutil
+import os
+import shlex
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from spherear.config import TrainConfig
-from spherear.errors import SpherearError
+from spherear.errors import SpherearError, Stopped
+from spherear.files import JsonLines
+
+if TYPE_CHECKING:
+    from spherear.train.state import Checkpoints
 
 
 class TrainingError(SpherearError):
@@ -148,74 +157,92 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class Counter:
-    """The step count, saved with the checkpoint."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-
-
-class Checkpoints:
-    """``run/checkpoints/step-XXXXXXXX``, each written to a temporary folder first and
-    renamed when whole; only the newest ``keep`` are kept."""
-
-    def __init__(self, run_dir: Path, keep: int):
-        self.dir = run_dir / "checkpoints"
-        self.keep = keep
-
-    def all(self) -> list[Path]:
-        return sorted(self.dir.glob("step-*")) if self.dir.is_dir() else []
-
-    def latest(self) -> Path | None:
-        done = self.all()
-        return done[-1] if done else None
-
-    def save(self, accelerator, step: int) -> Path:
-        final = self.dir / f"step-{step:08d}"
-        tmp = self.dir / f".tmp-step-{step:08d}"
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            tmp.rename(final)
-            for old in self.all()[: -self.keep]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-        return final
-
-
 class MetricsLog:
-    """One JSON line per logged step in ``run/metrics.jsonl`` (main process only)."""
+    """One JSON line per logged step in ``run/metrics.jsonl`` (main process only); a kill
+    during an append tears only the last line, which is dropped (``spherear.files``)."""
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.path = run_dir / "metrics.jsonl"
+        self.file = JsonLines(run_dir / "metrics.jsonl", "metrics")
         self.enabled = enabled
+        self.lines = 0
 
-    def truncate_after(self, step: int) -> None:
-        """A killed run may have logged steps past its last checkpoint; drop them."""
-        if not self.enabled or not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines()
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+    def keep(self, lines: int) -> None:
+        """Back to the first ``lines`` records, those a checkpoint covers: a killed run may
+        have logged steps past it."""
+        if self.enabled:
+            self.file.keep(lines)
+        self.lines = lines
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.file.append(record)
+        self.lines += 1
+
+    def sync(self) -> None:
+        if self.enabled:
+            self.file.sync()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return JsonLines(Path(run_dir) / "metrics.jsonl").read()
+
+
+class StopRequests:
+    """Ctrl-C, SIGTERM (a cluster's pre-emption) and SIGUSR1 (a scheduler's warning) ask the
+    run to stop at the next step boundary, after a checkpoint; a second Ctrl-C stops at
+    once. Every process must agree on the step, so the request is reduced across them."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, "
+            "then stopping (Ctrl-C again stops at once)",
+            file=sys.stderr,
+        )
+
+    def requested(self, accelerator) -> int:
+        """The signal to stop on (0: none), the same on every process."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], device=accelerator.device)
+        return int(accelerator.reduce(flag, "max").item())
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker leaves the signals to the main process, which stops cleanly."""
+    for signum in StopRequests.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def stopped(signum: int, step: int, checkpoint: Path) -> Stopped:
+    how = (
+        "rerun the same launch command"
+        if "LOCAL_RANK" in os.environ
+        else f"rerun `spherear {shlex.join(sys.argv[1:])}`"
+    )
+    return Stopped(
+        f"{signal.Signals(signum).name} at step {step}: the run is saved in {checkpoint}; "
+        f"{how} to resume it exactly",
+        signum,
+    )
 
 
 def check_finite(loss: float, step: int, checkpoints: Checkpoints, cfg: TrainConfig) -> None:
@@ -282,17 +309,3 @@ class StepBatches(torch.utils.data.Dataset):
 
     def sample(self, index: int, seed: int, epoch: float):
         raise NotImplementedError
-
-
-def resume(accelerator, checkpoints: Checkpoints) -> None:
-    """Load the newest complete checkpoint, if any."""
-    latest = checkpoints.latest()
-    if latest is None:
-        return
-    try:
-        accelerator.load_state(str(latest))
-    except (RuntimeError, KeyError, FileNotFoundError) as e:
-        raise TrainingError(
-            f"{latest}: cannot resume from it ({' '.join(str(e).split())[:160]}); it was "
-            "written by another version or setup of spherear: use another run.output_dir"
-        ) from None

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from spherear.config import VAELossConfig
 from spherear.errors import SpherearError
+from spherear.files import load_torch_file
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's name for the ImageNet VGG16 weights
 
@@ -32,23 +33,50 @@ def _vgg_weights(cfg: VAELossConfig) -> Path:
     return path
 
 
-def perceptual_loss(cfg: VAELossConfig) -> nn.Module:
+def vgg_features(cfg: VAELossConfig) -> tuple[Path, dict[str, torch.Tensor]] | None:
+    """The VGG16 ``features.*`` weights LPIPS needs and their file, read (no code in the file
+    can run) and checked before training starts; None for the random backbone of tests."""
+    if cfg.perceptual_random:
+        return None
+    path = _vgg_weights(cfg)
+    state = load_torch_file(path, what="VGG16 weights file (vae_loss.perceptual_weights)")
+    features = {
+        k[len("features.") :]: v
+        for k, v in (state.items() if isinstance(state, dict) else [])
+        if k.startswith("features.") and isinstance(v, torch.Tensor)
+    }
+    if not features:
+        raise SpherearError(f"{_not_vgg(path)} (it has no 'features.*' tensors)")
+    return path, features
+
+
+def _not_vgg(path: Path) -> str:
+    return (
+        f"{path}: not torchvision's VGG16 weights; use {VGG16_FILE} (vae_loss.perceptual_weights)"
+    )
+
+
+def perceptual_loss(vgg: tuple[Path, dict[str, torch.Tensor]] | None) -> nn.Module:
     """LPIPS with the VGG backbone (its calibrated linear heads ship with the lpips
-    package); the backbone's weights come from a local file, never a download."""
+    package); the backbone's weights are ``vgg_features``, from a local file, never a
+    download (None: a random backbone, for tests only)."""
     import lpips
 
     with warnings.catch_warnings():  # lpips builds the VGG with torchvision's old API
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    if not cfg.perceptual_random:
-        state = torch.load(_vgg_weights(cfg), map_location="cpu", weights_only=True)
-        features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+    if vgg is not None:
+        path, features = vgg
         for stage in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4,
                       model.net.slice5):  # fmt: skip
             # lpips names each layer by its index in torchvision's vgg16().features
-            stage.load_state_dict(
-                {k: v for k, v in features.items() if k.split(".")[0] in stage._modules}
-            )
+            try:
+                stage.load_state_dict(
+                    {k: v for k, v in features.items() if k.split(".")[0] in stage._modules}
+                )
+            except RuntimeError as e:
+                why = " ".join(str(e).split())[:120]
+                raise SpherearError(f"{_not_vgg(path)} ({why})") from None
     return model.eval().requires_grad_(False)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 
 from spherear.checkpoint_header import ROPE_CONVENTION
 from spherear.config import Recipe, TrainConfig, recipe_to_dict, save_recipe
+from spherear.files import atomic_write, write_json
 from spherear.models.registry import spell_out
 
 # Beside recipe.toml: what the run's weights depend on beyond the recipe. The AR model's RoPE
@@ -78,19 +78,13 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int, row_labels: list[str]
     picture = Image.fromarray(grid.numpy())
     if row_labels:
         picture = _label_rows(picture, row_labels, h + pad, pad)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # PIL reads the format from the suffix
-    picture.save(tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"), "grid")
 
 
 def record_run(recipe: Recipe, run_dir: Path) -> None:
     """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``."""
     save_recipe(spell_out(recipe), run_dir)
-    record = json.dumps({"rope": ROPE_CONVENTION}, indent=2) + "\n"
-    tmp = run_dir / f".{RUN_RECORD}.tmp"
-    tmp.write_text(record)
-    tmp.replace(run_dir / RUN_RECORD)
+    write_json(run_dir / RUN_RECORD, {"rope": ROPE_CONVENTION}, "run-record")
 
 
 def _rope_of(run_dir: Path) -> str | None:
@@ -119,10 +113,15 @@ def _label_rows(grid, labels: list[str], row_height: int, pad: int):
 
 
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
-    """A run folder continues only the architecture (and RoPE rule) it was started with."""
-    from spherear.config import load_recipe
+    """Before any work: the run folder can be written, holds no pickle, and continues only
+    the architecture (and RoPE rule) it was started with."""
+    from spherear.config import load_recipe, recipe_to_dict
+    from spherear.files import check_output
     from spherear.train.loop import TrainingError
+    from spherear.train.state import refuse_pickles
 
+    check_output(run_dir, "run.output_dir")
+    refuse_pickles(run_dir)
     saved_path = run_dir / "recipe.toml"
     if not saved_path.is_file():
         return
@@ -135,18 +134,18 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
             f"under this version; delete {run_dir} or set another run.output_dir to retrain"
         )
 
-    def arch(r: Recipe):
+    def arch(r: Recipe) -> dict:
         # class names label the classes, they are not weights: runs from before train-ar
         # recorded them resume
-        ar = spell_out(r).ar
-        return r.vae, ar if ar is None else dataclasses.replace(ar, class_names=())
+        spelled = recipe_to_dict(spell_out(r))
+        return {f"{section}.{k}": v for section in ("vae", "ar")
+                for k, v in spelled.get(section, {}).items() if k != "class_names"}  # fmt: skip
 
     if arch(saved) != arch(recipe):
-
-        def name(r: Recipe) -> str:
-            return f"SphereAR-{r.ar.size}" if r.ar is not None else "an S-VAE"
-
+        theirs, ours = arch(saved), arch(recipe)
+        differ = [k for k in {**theirs, **ours} if theirs.get(k) != ours.get(k)]
+        listed = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ[:4])
         raise TrainingError(
-            f"{run_dir} holds a run of {name(saved)} with another architecture than this "
-            f"recipe's {name(recipe)}; use another run.output_dir or the run's own recipe"
+            f"{run_dir} holds a run of another architecture ({listed}); use another "
+            "run.output_dir, or the run's own recipe to continue it"
         )

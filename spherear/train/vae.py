@@ -10,7 +10,6 @@ a grid shows the first ``GRID`` of them (as many classes as there are, up to ``G
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +20,18 @@ from spherear.config import Recipe, RecipeError
 from spherear.data.prepare import PreparedImages
 from spherear.data.splits import class_counts, held_out_split
 from spherear.data.transforms import center_crop, to_tensor, train_view
+from spherear.files import note, write_json
 from spherear.models import build_vae
 from spherear.train.curves import plot_curves
 from spherear.train.loop import (
     BatchPlan,
-    Checkpoints,
-    Counter,
     MetricsLog,
     StepBatches,
+    StopRequests,
     adamw,
     check_finite,
+    ignore_stop_signals,
     oom_message,
-    resume,
     set_lr,
     steps_per_epoch,
     total_steps,
@@ -42,6 +41,7 @@ from spherear.train.losses import (
     hinge_d_loss,
     hinge_g_loss,
     perceptual_loss,
+    vgg_features,
 )
 from spherear.train.session import (
     check_resume,
@@ -51,6 +51,7 @@ from spherear.train.session import (
     save_grid,
     trackers,
 )
+from spherear.train.state import Checkpoints, Part
 
 GRID = 8
 MAX_HELD_OUT = 100  # a tenth of the data up to this: enough images for a stable PSNR
@@ -97,106 +98,111 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
                           f"{loss_cfg.initial_kappa}")  # fmt: skip
     run_dir = Path(recipe.run.output_dir)
     check_resume(recipe, run_dir)
-    accelerator = make_accelerator(cfg, run_dir)
-    if accelerator.is_main_process:
-        record_run(recipe, run_dir)
-    plan = BatchPlan.make(cfg, accelerator.num_processes)
     images = PreparedImages(recipe.data.prepared)
+    # weight 0 (the tiny recipe) needs no VGG weights at all; bad ones stop before any work
+    vgg = vgg_features(loss_cfg) if loss_cfg.perceptual_weight else None
+    accelerator = make_accelerator(cfg, run_dir)
+    plan = BatchPlan.make(cfg, accelerator.num_processes)
     labels = images.labels()
     train, held = held_out_split(labels, held_out_count(len(images)), recipe.run.seed)
-    if accelerator.is_main_process:
-        _write_held_out(run_dir, held, class_counts(labels[held], images.info["class_names"]))
     per_epoch = steps_per_epoch(len(train), plan.global_batch)
     total = total_steps(cfg, per_epoch)
+    main = accelerator.is_main_process
+    if main:
+        record_run(recipe, run_dir)
+        _write_held_out(run_dir, held, class_counts(labels[held], images.info["class_names"]))
 
     torch.manual_seed(recipe.run.seed)
     vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
     if loss_cfg.initial_kappa:
         vae.init_kappa(loss_cfg.initial_kappa)
-    # weight 0 (the tiny recipe) needs no VGG weights at all
-    lpips = perceptual_loss(loss_cfg).to(accelerator.device) if loss_cfg.perceptual_weight else None
+    # built here, after the seed: its random backbone (tests) draws from the global RNG
+    lpips = perceptual_loss(vgg).to(accelerator.device) if loss_cfg.perceptual_weight else None
     fused = fused_optimizers(accelerator)
     opt, opt_d = adamw(vae, cfg, fused=fused), adamw(disc, cfg, fused=fused)
-    counter = Counter()
     vae, disc, opt, opt_d = accelerator.prepare(vae, disc, opt, opt_d)
-    accelerator.register_for_checkpointing(counter)
-    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
-    log = MetricsLog(run_dir, accelerator.is_main_process)
-    resume(accelerator, checkpoints)
-    log.truncate_after(counter.step)
+    trained = {"model": Part(vae, opt), "discriminator": Part(disc, opt_d)}
+    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints, accelerator)
+    log = MetricsLog(run_dir, main)
+    resumed = checkpoints.resume(trained, None, say=note if main else lambda message: None)
+    step = resumed.step if resumed else 0
+    log.keep(resumed.metrics_lines if resumed else 0)
     trackers(accelerator, recipe)
     held_out = torch.stack([
         to_tensor(center_crop(images[int(i)][0], recipe.vae.resolution)) for i in held
     ]).to(accelerator.device)  # fmt: skip
 
-    batches = ImageBatches(recipe, images, train, plan, accelerator.process_index,
-                           counter.step, total)  # fmt: skip
+    batches = ImageBatches(recipe, images, train, plan, accelerator.process_index, step,
+                           total)  # fmt: skip
     # its own generator: making the iterator must not consume the global RNG (saved and
     # restored with checkpoints, it drives the posterior samples)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
-                                         generator=torch.Generator())  # fmt: skip
-    bar = tqdm(total=total, initial=counter.step, unit="step", desc="train-vae",
-               disable=not (progress and accelerator.is_main_process))  # fmt: skip
+                                         generator=torch.Generator(),
+                                         worker_init_fn=ignore_stop_signals)  # fmt: skip
+    bar = tqdm(total=total, initial=step, unit="step", desc="train-vae",
+               disable=not (progress and main))  # fmt: skip
     sums: dict[str, float] = {}
-    for k, x in enumerate(loader):
-        x = x.to(accelerator.device)
-        micro = k % plan.accumulation
-        last_micro = micro == plan.accumulation - 1
-        adversarial = counter.step >= loss_cfg.disc_start
-        sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(vae)
-        try:
-            with sync, accelerator.autocast():
-                recon, posterior = vae(x)
-                parts = {
-                    "l1": (recon.float() - x).abs().mean(),
-                    "kl": posterior.kl().mean(),
-                }
-                if lpips is not None:
-                    parts["lpips"] = lpips(recon.float(), x).mean()
-                parts["g"] = hinge_g_loss(disc(recon)) if adversarial else torch.zeros(())
-                weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
-                           "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
-                loss = sum(w * parts[name] for name, w in weights.items() if name in parts)
-                accelerator.backward(loss / plan.accumulation)
+    with StopRequests() as stop:
+        for k, x in enumerate(loader):
+            x = x.to(accelerator.device)
+            micro = k % plan.accumulation
+            last_micro = micro == plan.accumulation - 1
+            adversarial = step >= loss_cfg.disc_start
+            sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(vae)
+            try:
+                with sync, accelerator.autocast():
+                    recon, posterior = vae(x)
+                    parts = {
+                        "l1": (recon.float() - x).abs().mean(),
+                        "kl": posterior.kl().mean(),
+                    }
+                    if lpips is not None:
+                        parts["lpips"] = lpips(recon.float(), x).mean()
+                    parts["g"] = hinge_g_loss(disc(recon)) if adversarial else torch.zeros(())
+                    weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
+                               "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
+                    loss = sum(w * parts[name] for name, w in weights.items() if name in parts)
+                    accelerator.backward(loss / plan.accumulation)
+                if adversarial:
+                    with (contextlib.nullcontext() if last_micro else accelerator.no_sync(disc)), \
+                            accelerator.autocast():  # fmt: skip
+                        d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
+                        accelerator.backward(d_loss / plan.accumulation)
+                    parts["d"] = d_loss
+            except torch.cuda.OutOfMemoryError as e:
+                raise oom_message(e, plan, cfg) from None
+            parts["loss"] = loss
+            for name, v in parts.items():
+                sums[name] = sums.get(name, 0.0) + v.detach().float() / plan.accumulation
+            if not last_micro:
+                continue
+            record = {name: accelerator.reduce(v.to(accelerator.device), "mean").item()
+                      for name, v in sums.items()}  # fmt: skip
+            sums = {}
+            check_finite(record["loss"], step + 1, checkpoints, cfg)
+            lr = set_lr([opt, opt_d], cfg, step, total)
+            accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
             if adversarial:
-                with (contextlib.nullcontext() if last_micro else accelerator.no_sync(disc)), \
-                        accelerator.autocast():  # fmt: skip
-                    d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
-                    accelerator.backward(d_loss / plan.accumulation)
-                parts["d"] = d_loss
-        except torch.cuda.OutOfMemoryError as e:
-            raise oom_message(e, plan, cfg) from None
-        parts["loss"] = loss
-        for name, v in parts.items():
-            sums[name] = sums.get(name, 0.0) + v.detach().float() / plan.accumulation
-        if not last_micro:
-            continue
-        record = {name: accelerator.reduce(v.to(accelerator.device), "mean").item()
-                  for name, v in sums.items()}  # fmt: skip
-        sums = {}
-        check_finite(record["loss"], counter.step + 1, checkpoints, cfg)
-        lr = set_lr([opt, opt_d], cfg, counter.step, total)
-        accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if adversarial:
-            accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
-        counter.step += 1
-        bar.update(1)
-        bar.set_postfix(l1=f"{record['l1']:.4f}", loss=f"{record['loss']:.4f}")
-        if counter.step % cfg.log_every == 0 or counter.step == total:
-            record = {"step": counter.step, **record, "lr": lr}
-            log.write(record)
-            accelerator.log(record, step=counter.step)
-        if counter.step % cfg.checkpoint_every == 0 or counter.step == total:
-            checkpoints.save(accelerator, counter.step)
-        if cfg.sample_every and counter.step % cfg.sample_every == 0 or counter.step == total:
-            _report(accelerator, vae, held_out, run_dir, counter.step, log)
+                accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+                opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(l1=f"{record['l1']:.4f}", loss=f"{record['loss']:.4f}")
+            if step % cfg.log_every == 0 or step == total:
+                record = {"step": step, **record, "lr": lr}
+                log.write(record)
+                accelerator.log(record, step=step)
+            # the report before the checkpoint: a run resumed from it must not miss it
+            if (cfg.sample_every and step % cfg.sample_every == 0) or step == total:
+                _report(accelerator, vae, held_out, run_dir, step, log)
+            due = step % cfg.checkpoint_every == 0 or step == total
+            checkpoints.step_done(trained, None, step, due, log, stop)
     bar.close()
     export = run_dir / "export"
-    if accelerator.is_main_process:
+    if main:
         save_pretrained(export, recipe, accelerator.unwrap_model(vae).cpu())
         plot_curves(run_dir, ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr"))
     accelerator.wait_for_everyone()
@@ -206,10 +212,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
 
 def _write_held_out(run_dir: Path, held: np.ndarray, per_class: dict[str, int]) -> None:
     """Which images are held out (in grid order) and how many of each class."""
-    out = run_dir / "held_out.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"per_class": per_class, "indices": held.tolist()}, indent=1) + "\n")
-    tmp.replace(out)
+    record = {"per_class": per_class, "indices": held.tolist()}
+    write_json(run_dir / "held_out.json", record, "train-vae/held-out")
 
 
 def _report(accelerator, vae, held_out, run_dir: Path, step: int, log: MetricsLog) -> None:

@@ -255,3 +255,19 @@ def test_hub_source_reads_a_dataset_by_path(tmp_path):
     theirs = [(r[1], r[4]) for r in _rows(again.out)]
     assert ours == theirs
     assert read_info(again.out)["class_names"][:2] == ["disk", "ring"]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path, mode):
+    """PIL's own conversion clips 16-bit values to 255 (near-white); they are scaled."""
+    values = np.linspace(0, 65535, 40 * 56).reshape(40, 56).round().astype(np.uint16)
+    image = Image.fromarray(values if mode == "I;16" else values.astype(np.int32))
+    assert image.mode == mode
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG" if mode == "I;16" else "TIFF")
+    data, _ = prepare_module.encode_image(buffer.getvalue(), short_side=64)
+    pixels = np.asarray(Image.open(io.BytesIO(data)))
+    assert pixels.shape == (40, 56, 3)
+    expected = np.rint(values / 257.0)
+    assert np.abs(pixels[..., 0].astype(int) - expected).max() <= 1
+    assert abs(pixels.mean() - 127.5) < 1

@@ -127,3 +127,23 @@ def test_bare_command_finds_the_latest_samples_and_the_run_reference(
     missing = tmp_path / "data" / "not-prepared-yet"
     result = eval_fid(str(samples), "--ref", str(missing), "--inception-weights", str(weights))
     one_line_error(result, "does not exist", "--ref", "prepare-data")
+
+
+@pytest.mark.slow
+def test_results_are_printed_before_they_are_written(pipeline, cli):
+    """A disk that is full when the results are written (there is room for no file at all)
+    loses nothing: the table is already on the screen."""
+    from ..forkserver import NO_NAMESPACE
+
+    run = pipeline.restore("eval-fid")
+    (run / "full").mkdir()
+    argv = [*pipeline.command("eval-fid"), "--json", "full/eval-fid.json"]
+    done = cli.run(argv, run, env=pipeline.env(),
+                   mounts=[["full", run / "full", "size=64k,nr_inodes=1"]])  # fmt: skip
+    if done.code == NO_NAMESPACE:
+        pytest.skip("this system allows no private mount namespace")
+    assert done.code == 2 and "FID" in done.stdout and "IS" in done.stdout, done.stderr
+    assert done.lines[-1] == (
+        "error: full/eval-fid.json: no space left on the device; free some space or write "
+        "elsewhere, then rerun the same command (finished parts are kept)"
+    )
