@@ -61,8 +61,8 @@ class FinalLayer(nn.Module):
         self.ada_ln_modulation = nn.Linear(width, 2 * width)
         self.linear = nn.Linear(width, out_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_ln_modulation(y).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        scale, shift = modulation.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), scale, shift))
 
 
@@ -92,15 +92,27 @@ class DiffusionHead(nn.Module):
         return self.run(x, self.time_embed(t), self.cond_embed(z))
 
     def run(self, x: torch.Tensor, t_emb: torch.Tensor, z_emb: torch.Tensor) -> torch.Tensor:
-        """``forward`` from the embedded time (N or 1, width) and condition (N, width): a
-        sampler embeds each time once for all rows and tokens, each condition once for all
-        of its token's steps."""
+        """``forward`` from the embedded time (N or 1, width) and condition (N, width)."""
+        return self.run_modulated(x, self.modulations(t_emb, z_emb))
+
+    def modulations(self, t_emb: torch.Tensor, z_emb: torch.Tensor) -> list[torch.Tensor]:
+        """The adaLN outputs for embedded times and conditions (broadcast together): one
+        (..., 3 width) per group of blocks, then the final layer's (..., 2 width). They do not
+        depend on x, so a sampler computes them for all of a token's steps in one product
+        instead of re-reading these weights at every step."""
         y = F.silu(t_emb + z_emb)
+        return [ada_ln(y) for ada_ln in self.ada_ln_blocks] + [
+            self.final_layer.ada_ln_modulation(y)
+        ]
+
+    def run_modulated(self, x: torch.Tensor, modulations: list[torch.Tensor]) -> torch.Tensor:
+        """The velocity of rows x (N, latent_dim) given their ``modulations`` (N rows each)."""
         h = self.input_proj(x.to(self.input_proj.weight.dtype))
-        for g, ada_ln in enumerate(self.ada_ln_blocks):
-            scale, shift, gate = ada_ln(y).chunk(3, dim=-1)
+        *groups, final = modulations
+        for g, modulation in enumerate(groups):
+            scale, shift, gate = modulation.chunk(3, dim=-1)
             for block in self.res_blocks[
                 g * self.blocks_per_group : (g + 1) * self.blocks_per_group
             ]:
                 h = block(h, scale, shift, gate)
-        return self.final_layer(h, y)
+        return self.final_layer(h, final)

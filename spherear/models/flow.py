@@ -23,6 +23,7 @@ import torch
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 SAMPLERS = ("sde", "ode", "heun")
+SDE_T_END = 0.96  # the SDE's noisy steps stop here; one Euler step covers the rest
 
 
 def flow_matching_loss(
@@ -56,11 +57,29 @@ def token_steps(steps: int, steps_last: int, num_tokens: int) -> list[int]:
     return [round(steps + span * i / (num_tokens - 1)) for i in range(num_tokens)]
 
 
+def time_grid(steps: int, t_end: float = 1.0) -> list[float]:
+    """The times 0, dt, ..., (steps - 1) dt, t_end with dt = t_end / steps, at which the
+    samplers evaluate the velocity (the last one written as t_end, not steps * dt)."""
+    dt = t_end / steps
+    return [i * dt for i in range(steps)] + [t_end]
+
+
+def sampler_times(sampler: str, steps: int) -> list[float]:
+    """Every time at which ``run_sampler(sampler, ..., steps)`` evaluates the velocity."""
+    if sampler == "sde":
+        return time_grid(steps, SDE_T_END)
+    if sampler == "ode":
+        return time_grid(steps)[:-1]
+    if sampler == "heun":
+        return time_grid(steps)
+    raise ValueError(f"unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)}")
+
+
 def sample_sde(
     velocity: Velocity,
     noise: torch.Tensor,
     steps: int = 100,
-    t_end: float = 0.96,
+    t_end: float = SDE_T_END,
     generator: torch.Generator | None = None,
     eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -73,8 +92,7 @@ def sample_sde(
     """
     x = noise.float()
     dt = t_end / steps
-    for i in range(steps):
-        t = i * dt
+    for i, t in enumerate(time_grid(steps, t_end)[:-1]):
         v = velocity(x, t).float()
         score = (t * v - x) / (1 - t)
         drift = v + (1 - t) * score
@@ -87,8 +105,8 @@ def sample_ode(velocity: Velocity, noise: torch.Tensor, steps: int = 100) -> tor
     """Plain Euler integration of dx/dt = v from t = 0 to 1."""
     x = noise.float()
     dt = 1.0 / steps
-    for i in range(steps):
-        x = x + velocity(x, i * dt).float() * dt
+    for t in time_grid(steps)[:-1]:
+        x = x + velocity(x, t).float() * dt
     return x
 
 
@@ -97,10 +115,11 @@ def sample_heun(velocity: Velocity, noise: torch.Tensor, steps: int = 10) -> tor
     velocities at both of its ends (the velocity is finite at t = 1, so the last step too)."""
     x = noise.float()
     dt = 1.0 / steps
-    for i in range(steps):
-        v = velocity(x, i * dt).float()
+    times = time_grid(steps)
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        v = velocity(x, t).float()
         guess = x + v * dt
-        x = x + (v + velocity(guess, (i + 1) * dt).float()) * (dt / 2)
+        x = x + (v + velocity(guess, t_next).float()) * (dt / 2)
     return x
 
 

@@ -3,9 +3,11 @@
 ``SphereAR.sample`` hands a ``TokenSampler`` to its KV-cached decoding loop, which calls it
 once per token with the trunk's conditions for that token (the class rows, then with
 guidance the null-class rows). The head runs many times per token, so everything that does
-not change between its calls is computed once: the projection of the condition once per
-token, the embedding of each solver time once per sampling call (every row and token at a
-given step shares it). With ``compile``, the guided head step goes through
+not change between its calls is computed once: the embedding of each solver time once per
+sampling call (every row and token at a given step shares it), and per token the
+projection of the condition and the adaLN modulations of all of the token's solver times,
+in one matrix product (at small batch each step would otherwise re-read those weights,
+about a quarter of the head's). With ``compile``, the guided head step goes through
 ``torch.compile`` (on a GPU in "reduce-overhead" mode, i.e. CUDA graphs); where that fails,
 one warning says so and sampling goes on eagerly.
 """
@@ -23,11 +25,13 @@ import torch.nn.functional as F
 
 from spherear.config import SampleConfig
 from spherear.models.diffusion_head import DiffusionHead
-from spherear.models.flow import run_sampler, token_steps
+from spherear.models.flow import run_sampler, sampler_times, token_steps
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 # torch.compile's mode for the head step by device type; "reduce-overhead" captures CUDA graphs
 COMPILE_MODES: dict[str, str | None] = {"cuda": "reduce-overhead", "cpu": None}
+# above this size a token's table of modulations is not kept: each step computes its own
+TABLE_BYTES = 1 << 30
 
 
 def to_sphere(x: torch.Tensor) -> torch.Tensor:
@@ -45,18 +49,19 @@ def cfg_scales(guidance: float, schedule: str, num_tokens: int) -> list[float]:
 
 
 class GuidedHead(nn.Module):
-    """The head's velocity for rows ``x`` from embedded times and conditions. With
-    ``guided``, ``z_emb`` holds the class rows and then the null-class rows: the head runs on
-    ``x`` twice and the two velocities combine as v_uncond + scale (v_cond - v_uncond)."""
+    """The head's velocity for rows ``x`` given the adaLN ``modulations`` of their step. With
+    ``guided``, the modulations hold the class rows and then the null-class rows: the head
+    runs on ``x`` twice and the velocities combine as v_uncond + scale (v_cond - v_uncond)."""
 
     def __init__(self, head: DiffusionHead, guided: bool):
         super().__init__()
         self.head, self.guided = head, guided
 
-    def forward(self, x, t_emb, z_emb, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, x, modulations: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
         if not self.guided:
-            return self.head.run(x, t_emb, z_emb).float()
-        cond, uncond = self.head.run(torch.cat([x, x]), t_emb, z_emb).float().chunk(2)
+            return self.head.run_modulated(x, modulations).float()
+        both = self.head.run_modulated(torch.cat([x, x]), modulations).float()
+        cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
 
@@ -82,6 +87,7 @@ class TokenSampler:
             mode = COMPILE_MODES.get(device.type)
             self.step = torch.compile(self.eager, dynamic=False, mode=mode)
         self.time_embeddings: dict[float, torch.Tensor] = {}
+        self.modulation_layers = [*head.ada_ln_blocks, head.final_layer.ada_ln_modulation]
 
     def embed_time(self, t: float) -> torch.Tensor:
         if t not in self.time_embeddings:
@@ -89,8 +95,19 @@ class TokenSampler:
             self.time_embeddings[t] = self.head.time_embed(torch.tensor([t], device=device))
         return self.time_embeddings[t]
 
-    def velocity(self, x, t: float, *, z_emb, scale) -> torch.Tensor:
-        args = (x, self.embed_time(t), z_emb, scale)
+    def modulation_table(self, sampler: str, steps: int, z_emb: torch.Tensor):
+        """``table(t)``: the head's modulations at solver time t for conditions ``z_emb``."""
+        times = sampler_times(sampler, steps)
+        columns = sum(layer.out_features for layer in self.modulation_layers)
+        if len(times) * len(z_emb) * columns * z_emb.element_size() > TABLE_BYTES:
+            return lambda t: self.head.modulations(self.embed_time(t), z_emb)
+        t_emb = torch.cat([self.embed_time(t) for t in times])
+        table = self.head.modulations(t_emb[:, None], z_emb[None])
+        row = {t: k for k, t in enumerate(times)}
+        return lambda t: [m[row[t]] for m in table]
+
+    def velocity(self, x, t: float, *, table, scale) -> torch.Tensor:
+        args = (x, table(t), scale)
         if self.step is self.eager:
             return self.eager(*args)
         try:
@@ -105,12 +122,13 @@ class TokenSampler:
             return self.eager(*args)
 
     def __call__(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        sampler, steps = self.settings.sampler, self.steps[i]
+        table = self.modulation_table(sampler, steps, self.head.cond_embed(z))
         scale = torch.tensor(self.scales[i], device=z.device)
-        velocity = functools.partial(self.velocity, z_emb=self.head.cond_embed(z), scale=scale)
-        sde = self.settings.sampler == "sde"
-        noise, eps = self.draw_noise(self.steps[i] if sde else 0)
+        velocity = functools.partial(self.velocity, table=table, scale=scale)
+        noise, eps = self.draw_noise(steps if sampler == "sde" else 0)
         single = self.generator if isinstance(self.generator, torch.Generator) else None
-        x = run_sampler(self.settings.sampler, velocity, noise, self.steps[i], single, eps)
+        x = run_sampler(sampler, velocity, noise, steps, single, eps)
         self.tokens[:, i] = to_sphere(x)  # after guidance: it changes the norm, not the sphere
         return self.tokens[:, i].repeat(2, 1) if self.guided else self.tokens[:, i]
 

@@ -166,11 +166,11 @@ def test_cfg_combines_velocities_exactly_then_normalises(tiny_recipe):
     ar = build_ar(tiny_recipe).eval()
     a, b = torch.linspace(-1, 1, 16), torch.linspace(2, 0, 16)
 
-    def stub(x, t_emb, z_emb):
+    def stub(x, modulations):
         half = len(x) // 2
         return torch.cat([a.expand(half, 16), b.expand(half, 16)])
 
-    ar.head.run = stub
+    ar.head.run_modulated = stub
     scales = cfg_scales(4.0, "linear", ar.num_tokens)
     gen = torch.Generator().manual_seed(5)
     tokens = ar.sample(torch.tensor([3]), SampleConfig(cfg=4.0, steps=1, sampler="ode"), gen)

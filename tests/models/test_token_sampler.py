@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from spherear.config import SampleConfig
-from spherear.models import build_ar
-from spherear.models.flow import evaluations, sample_heun, sample_ode, token_steps
+from spherear.models import build_ar, token_sampler
+from spherear.models.flow import (
+    SAMPLERS,
+    evaluations,
+    run_sampler,
+    sample_heun,
+    sample_ode,
+    sampler_times,
+    token_steps,
+)
 from spherear.models.reference_sampling import reference_sample
 
 
@@ -82,6 +90,29 @@ def test_annealed_sampling_runs_each_token_with_its_own_steps(tiny_recipe):
     assert len(outputs) == expected
     tokens = ar.sample(torch.tensor([2, 3]), settings)
     assert (tokens.norm(dim=-1) - math.sqrt(ar.latent_dim)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("steps", [1, 3, 7, 100])
+def test_the_modulation_table_holds_every_time_the_sampler_asks_for(sampler, steps):
+    seen = []
+
+    def velocity(x, t):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    run_sampler(sampler, velocity, torch.zeros(1, 2), steps, torch.Generator())
+    assert len(seen) == evaluations(sampler, steps)
+    assert sorted(set(seen)) == sampler_times(sampler, steps)  # exact floats: used as keys
+
+
+def test_a_table_over_the_memory_budget_gives_the_same_tokens(tiny_recipe, monkeypatch):
+    ar = _trained_like(build_ar(tiny_recipe))
+    labels, settings = torch.tensor([1, 2]), SampleConfig(cfg=3.0, steps=4)
+    with_table = ar.sample(labels, settings, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(token_sampler, "TABLE_BYTES", 0)
+    step_by_step = ar.sample(labels, settings, torch.Generator().manual_seed(0))
+    assert (with_table - step_by_step).abs().max().item() <= 1e-5
 
 
 def test_a_failing_compile_warns_once_and_samples_as_without_it(tiny_recipe, monkeypatch):
