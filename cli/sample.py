@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from spherear.checkpoint_header import Weights
 from spherear.cli.errors import user_errors
 
 
@@ -64,7 +65,7 @@ def sample(
     batch_size: int = typer.Option(
         100, "--batch-size", min=1, help="Images per chunk and per forward pass (a setting)."
     ),
-    weights: Literal["ema", "raw"] = typer.Option("ema", "--weights", help="EMA or raw weights."),
+    weights: Weights = typer.Option("ema", "--weights", help="EMA or raw weights."),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <run>/samples/<settings tag>)."
     ),
@@ -74,9 +75,10 @@ def sample(
     number of processes; multi-GPU and multi-node with `accelerate launch` or `torchrun`."""
     from spherear.checkpoint_header import read_header
     from spherear.hub_files import resolve
-    from spherear.sample_plan import Plan, check_plan, default_out, find_checkpoint
+    from spherear.runs import find_run
+    from spherear.sample_plan import Plan, check_plan, default_out
 
-    source = find_checkpoint(checkpoint)
+    source = find_run(checkpoint, option="--checkpoint")
     local, _ = resolve(source.checkpoint)  # a hub address that cannot be fetched fails here
 
     def plan_with(defaults) -> Plan:

@@ -92,7 +92,7 @@ def test_full_b_checkpoint_loads_strictly_with_ema_preferred(authors_b):
     ema = _state("SphereAR-B", 0.5)
     _assert_values(loaded.ar.state_dict(), ema)
     _assert_values(loaded.vae.state_dict(), ema, prefix="vae.")
-    raw = load_authors_checkpoint(authors_b, weights="model", expect="B")
+    raw = load_authors_checkpoint(authors_b, weights="raw", expect="B")
     _assert_values(raw.ar.state_dict(), _state("SphereAR-B", 0.0))
     assert loaded.ar.rope.shape == (16 + 256, 32, 2)  # rebuilt: the file does not hold it
 
