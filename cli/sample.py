@@ -94,14 +94,11 @@ def sample(
     if header is not None:
         check_plan(plan, header)
 
-    import torch
-    from accelerate import Accelerator
-
+    from spherear.accelerator import make_accelerator
     from spherear.checkpoints import load_checkpoint
     from spherear.sample import sample_images
 
-    cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    accelerator = make_accelerator("bf16")
     say = typer.echo if accelerator.is_main_process else lambda _: None
     if checkpoint is None:
         say(f"sampling the newest train-ar run: {source.run}")

@@ -38,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from spherear import numerics
+from spherear.accelerator import make_accelerator
 from spherear.config import Recipe, recipe_to_dict
 from spherear.data.prepare import PreparedImages, data_fingerprint
 from spherear.data.transforms import center_crop, random_crop, to_tensor
@@ -48,6 +49,7 @@ from spherear.files import (
     check_output,
     check_record,
     check_safetensors,
+    differences,
     file_record,
     note,
     read_json,
@@ -160,10 +162,9 @@ def cache_latents(
     progress: bool = True,
 ) -> dict:
     """Encode a prepared dataset into ``out``; returns the manifest."""
-    from accelerate import Accelerator
     from tqdm import tqdm
 
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     main = accelerator.is_main_process
     say = note if main else (lambda message: None)
     out, data_dir = Path(out), Path(data_dir)
@@ -176,12 +177,12 @@ def cache_latents(
     if saved is not None:
         numerics.adopt(saved.get("numerics", {}), accelerator.device, str(out), say)
     settings = _settings(recipe, Path(vae_path), data_dir, len(images), accelerator.device)
-    if saved is not None and saved != settings:
+    differ = differences(saved, settings) if saved is not None else ""
+    if differ:
         complete = "a complete" if (out / MANIFEST).is_file() else "an unfinished"
         raise CacheError(
-            f"{out} holds {complete} cache made with other settings ("
-            f"{', '.join(k for k in settings if saved.get(k) != settings[k])} differ); "
-            "rerun with those, or choose another --out (or delete it to start over)"
+            f"{out} holds {complete} cache made with other settings ({differ}); rerun with "
+            "those, or choose another --out (or delete it to start over)"
         )
     if saved is None and out.exists() and any(out.iterdir()):
         raise CacheError(f"{out} exists and is not a latent cache; choose another --out")

@@ -40,6 +40,7 @@ from spherear.files import (
     atomic_write,
     check_output,
     check_record,
+    differences,
     file_record,
     note,
     publish,
@@ -195,14 +196,16 @@ def _source_setting(src, out: Path) -> tuple[str, str]:
     return f"{kind}:{os.path.relpath(location.resolve(), out.resolve().parent)}", src.description
 
 
-def _same_settings(info: dict, settings: dict, absolute: str) -> bool:
+def _differences(info: dict, settings: dict, absolute: str) -> str:
+    """What differs from the settings ``info`` recorded ("" if nothing): the source matches
+    by its path relative to the output or by its absolute description."""
     saved = info.get("settings")
     if not isinstance(saved, dict):
-        return False
-    rest = [k for k in {**saved, **settings} if k != "source"]
-    return all(saved.get(k) == settings.get(k) for k in rest) and (
-        saved.get("source") in (settings["source"], absolute) or info.get("source_path") == absolute
-    )
+        return "none recorded"
+    source = saved.get("source")
+    if source in (settings["source"], absolute) or info.get("source_path") == absolute:
+        settings = {**settings, "source": source}
+    return differences(saved, settings)
 
 
 def prepare_dataset(
@@ -241,10 +244,11 @@ def prepare_dataset(
     partial = out.parent / f".{out.name}.partial"
     if (out / INFO).is_file():
         info = read_info(out)
-        if not _same_settings(info, settings, absolute):
+        differ = _differences(info, settings, absolute)
+        if differ:
             raise SourceError(
-                f"{out} holds a dataset prepared with other settings ({info.get('settings')}); "
-                "choose another --out or delete it"
+                f"{out} holds a dataset prepared with other settings ({differ}); choose "
+                "another --out or delete it"
             )
         damaged = _damaged_shards(out, info)
         if not damaged:
@@ -257,7 +261,7 @@ def prepare_dataset(
             (partial / path.relative_to(out)).unlink(missing_ok=True)
     elif out.exists():
         raise SourceError(f"{out} exists but is not a prepared dataset; choose another --out")
-    if partial.exists() and not _same_settings(_partial_info(partial), settings, absolute):
+    if partial.exists() and _differences(_partial_info(partial), settings, absolute):
         shutil.rmtree(partial)  # our own leftovers from a run with other settings
     if not (partial / INFO).is_file():
         write_json(partial / INFO, {"settings": settings, "source_path": absolute},

@@ -35,9 +35,7 @@ def evaluate(
     """Every metric of ``samples`` against ``reference`` as a JSON-ready dict, on the main
     process (None on the others). ``extra_features`` are ``timm:NAME[=WEIGHTS]`` specs;
     ``warn`` hears about a sample count too small for FID once the inputs are checked."""
-    import torch
-    from accelerate import Accelerator
-
+    from spherear.accelerator import make_accelerator
     from spherear.errors import SpherearError
     from spherear.eval import metrics
     from spherear.eval.features import (
@@ -48,7 +46,7 @@ def evaluate(
     )
     from spherear.eval.npz import NpzImages, PreparedReference, open_reference
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator()
     main = accelerator.is_main_process
     sample_images = NpzImages(samples)
     if len(sample_images) < 2:

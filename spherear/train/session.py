@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from spherear.accelerator import make_accelerator
 from spherear.checkpoint_header import ROPE_CONVENTION
 from spherear.config import Recipe, TrainConfig, recipe_to_dict, save_recipe
 from spherear.files import atomic_write, write_json
@@ -18,27 +19,18 @@ from spherear.models.registry import spell_out
 RUN_RECORD = "run.json"
 
 
-def make_accelerator(cfg: TrainConfig, run_dir: Path):
+def training_accelerator(cfg: TrainConfig, run_dir: Path):
     """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU;
     TensorBoard (or wandb) tracking through Accelerate."""
-    from accelerate import Accelerator, FullyShardedDataParallelPlugin
-
     from spherear.train.loop import TrainingError
 
-    cuda = torch.cuda.is_available()
     tracker = None if cfg.log_with == "none" else cfg.log_with
     if tracker and importlib.util.find_spec(tracker) is None:
         raise TrainingError(
             f"train.log_with = {tracker!r} but the {tracker} package is not installed; "
             f"pip install {tracker}, or set train.log_with = 'none'"
         )
-    return Accelerator(
-        cpu=not cuda,
-        mixed_precision=cfg.mixed_precision if cuda else "no",
-        log_with=tracker,
-        project_dir=str(run_dir),
-        fsdp_plugin=FullyShardedDataParallelPlugin() if cfg.fsdp else None,
-    )
+    return make_accelerator(cfg.mixed_precision, cfg.fsdp, tracker, str(run_dir))
 
 
 def trackers(accelerator, recipe: Recipe) -> None:
@@ -116,7 +108,7 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
     """Before any work: the run folder can be written, holds no pickle, and continues only
     the architecture (and RoPE rule) it was started with."""
     from spherear.config import load_recipe, recipe_to_dict
-    from spherear.files import check_output
+    from spherear.files import check_output, differences
     from spherear.train.loop import TrainingError
     from spherear.train.state import refuse_pickles
 
@@ -141,11 +133,9 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
         return {f"{section}.{k}": v for section in ("vae", "ar")
                 for k, v in spelled.get(section, {}).items() if k != "class_names"}  # fmt: skip
 
-    if arch(saved) != arch(recipe):
-        theirs, ours = arch(saved), arch(recipe)
-        differ = [k for k in {**theirs, **ours} if theirs.get(k) != ours.get(k)]
-        listed = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ[:4])
+    differ = differences(arch(saved), arch(recipe), now_word="here")
+    if differ:
         raise TrainingError(
-            f"{run_dir} holds a run of another architecture ({listed}); use another "
+            f"{run_dir} holds a run of another architecture ({differ}); use another "
             "run.output_dir, or the run's own recipe to continue it"
         )
