@@ -222,7 +222,7 @@ def _grid_indices(labels: np.ndarray) -> dict[int, list[int]]:
 def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.ndarray],
                 names: list[str]) -> None:  # fmt: skip
     """One row per class of ``rows``, named by ``names`` (by number if there are none)."""
-    from spherear.train.session import save_grid
+    from spherear.grids import save_grid
 
     blank = np.full_like(next(iter(picked.values())), 128)  # short rows stay aligned
     cells = []

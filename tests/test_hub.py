@@ -25,10 +25,10 @@ import spherear
 from spherear.checkpoints import load_checkpoint, save_pretrained
 from spherear.cli import app
 from spherear.config import SampleConfig, save_recipe
+from spherear.grids import save_grid
 from spherear.hub.card import check_card
 from spherear.hub_files import HubAddress, parse_address
 from spherear.models import build_ar, build_vae
-from spherear.train.session import save_grid
 
 from .test_checkpoints import _save as save_authors_file
 

@@ -14,7 +14,7 @@ from spherear.config import load_recipe, save_recipe
 from spherear.data.latent_cache import cache_latents
 from spherear.data.prepare import prepare_dataset
 from spherear.models import build_vae
-from spherear.train.loop import read_metrics
+from spherear.train.metrics import read_metrics
 
 from ..conftest import kill_when
 
@@ -135,8 +135,8 @@ def test_a_micro_batch_equals_its_samples_drawn_one_by_one(workspace, inputs):
     from spherear.data.prepare import PreparedImages
     from spherear.data.transforms import to_tensor, train_view
     from spherear.models.power_spherical import PowerSpherical
-    from spherear.train.ar import MicroBatches
-    from spherear.train.loop import BatchPlan
+    from spherear.train.ar_inputs import MicroBatches
+    from spherear.train.batches import BatchPlan
 
     recipe = load_recipe(workspace / "recipe.toml", [f"train.inputs={inputs}"])
     vae, ar, aug = recipe.vae, recipe.ar, recipe.augment

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from spherear.config import load_recipe, save_recipe
 from spherear.data.prepare import prepare_dataset
-from spherear.train.loop import read_metrics
-from spherear.train.vae import held_out_count
+from spherear.train.held_out import held_out_count
+from spherear.train.metrics import read_metrics
 
 from ..conftest import kill_when
 
