@@ -40,7 +40,7 @@ def test_kv_cached_decoding_equals_full_causal_forward(tiny_recipe):
 
     ar.decode_loop(labels, teacher)
     cached = torch.stack(steps, 1)
-    assert cached.shape == full.shape == (3, ar.num_tokens, ar.cfg.width)
+    assert cached.shape == full.shape == (3, ar.num_tokens, ar.config.width)
     assert (cached - full).abs().max().item() <= 1e-5
 
 
@@ -52,7 +52,7 @@ def test_trunk_positions_follow_the_released_rule_column_first(tiny_recipe):
     with torch.no_grad():  # sharp attention, as after training (at init it is near-uniform)
         for layer in ar.layers:
             layer.attention.wqkv.weight.mul_(20)
-    grid, head_dim = math.isqrt(ar.num_tokens), ar.cfg.width // ar.cfg.num_heads
+    grid, head_dim = math.isqrt(ar.num_tokens), ar.config.width // ar.config.num_heads
     rule = spec_rope_table(grid, head_dim, ar.num_prefix).float()
     swapped = spec_rope_table(grid, head_dim, ar.num_prefix, x_first=False).float()
     tokens, labels = _sphere_tokens(ar, 2), torch.tensor([3, 4])
@@ -112,10 +112,10 @@ def test_training_loss_uses_repeats_and_class_dropout(tiny_recipe):
     seen, head_rows = [], []
     ar.cls_embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
     ar.head.input_proj.register_forward_hook(lambda m, args, out: head_rows.append(len(args[0])))
-    ar.cfg.class_dropout = 1.0
+    ar.config.class_dropout = 1.0
     loss = ar(tokens, torch.tensor([1, 2, 3, 4]))
     assert seen[-1].tolist() == [ar.null_class] * 4
-    assert head_rows[-1] == 4 * ar.num_tokens * ar.cfg.diff_batch_mul
+    assert head_rows[-1] == 4 * ar.num_tokens * ar.config.diff_batch_mul
     loss.backward()
     assert torch.isfinite(loss)
     grad = ar.cls_embedding.weight.grad
@@ -147,7 +147,7 @@ def test_samplers_reach_the_data_distribution(sampler):
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_recipe):
     ar = _trained_like(build_ar(tiny_recipe)).train()
-    ar.cfg.class_dropout = 0.0
+    ar.config.class_dropout = 0.0
     tokens, labels = _sphere_tokens(ar, 2), torch.tensor([1, 2])
     grads = []
     for checkpointing in (False, True):
@@ -217,7 +217,7 @@ def test_sampling_in_train_mode_with_checkpointing_uses_the_cache(tiny_recipe):
 
 def test_explicit_draws_reproduce_the_loss_and_split_across_batches(tiny_recipe):
     ar = _trained_like(build_ar(tiny_recipe))
-    k, n = ar.cfg.diff_batch_mul, ar.num_tokens
+    k, n = ar.config.diff_batch_mul, ar.num_tokens
     tokens, labels = _sphere_tokens(ar, 4), torch.tensor([1, 2, 3, 4])
     drop = torch.tensor([False, True, False, False])
     t, noise = torch.rand(4, k, n), torch.randn(4, k, n, 16)
