@@ -29,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,45 @@ def _shard_path(out: Path, index: int) -> Path:
 
 def _fix(out: Path) -> str:
     return f"delete {out} and rerun `spherear cache-latents` to encode it again"
+
+
+@dataclass
+class Cached:
+    out: Path
+    manifest: dict
+
+    def summary(self) -> str:
+        s = self.manifest["settings"]
+        views = f"{len(s['views'])} view" + ("s" if len(s["views"]) > 1 else "")
+        return (
+            f"cached {s['num_images']} images x {views} ({', '.join(s['views'])}) in {self.out} "
+            f"({self.manifest['bytes_per_view']} bytes per image per view)"
+        )
+
+
+def cache_recipe(
+    recipe: Recipe,
+    vae: str | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> Cached | None:
+    """``spherear cache-latents``: the prepared data (default: ``data.prepared``) encoded by
+    the S-VAE ``vae`` (default: ``train.vae_checkpoint``), which must be the recipe's
+    ``[vae]``, into ``out`` (default: ``data.latents``). None on the processes other than
+    the first."""
+    from spherear.checkpoints import load_vae
+
+    vae = vae or recipe.train.vae_checkpoint
+    if not vae:
+        raise CacheError("the recipe sets no train.vae_checkpoint; pass --vae with a trained S-VAE")
+    loaded = load_vae(vae, recipe.vae)
+    accelerator = accelerator or make_accelerator()
+    out = Path(out or recipe.data.latents)
+    manifest = cache_latents(recipe, loaded.vae, vae, data or recipe.data.prepared, out,
+                             accelerator, progress)  # fmt: skip
+    return Cached(out, manifest) if accelerator.is_main_process else None
 
 
 def cache_latents(

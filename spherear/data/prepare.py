@@ -34,7 +34,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from spherear.data.sources import Shard, SourceError, open_source, split_name
+from spherear.data.sources import (
+    SYNTHETIC_IMAGES,
+    Shard,
+    SourceError,
+    open_source,
+    split_name,
+)
 from spherear.files import (
     DamagedError,
     atomic_write,
@@ -214,15 +220,20 @@ def prepare_dataset(
     resolution: int = 256,
     num_proc: int = 1,
     split: str = "train",
-    num_images: int = 10_000,
+    num_images: int | None = None,
     seed: int = 0,
     min_crop_fraction: float = 0.8,
     progress: bool = True,
     say: Callable[[str], None] = note,
 ) -> PrepareResult:
-    """Prepare ``source`` into ``out``; see the module docstring for the format."""
+    """Prepare ``source`` into ``out``; see the module docstring for the format.
+    ``num_images`` and ``seed`` are for the synthetic source only (default 10,000 images)."""
     out = Path(out)
     start = time.time()
+    if num_images is not None and source != "synthetic":
+        say(f"--num-images / data.num_images is for the synthetic source only; {source} gives "
+            f"every image of its {split} split")  # fmt: skip
+    num_images = SYNTHETIC_IMAGES if num_images is None else num_images
     for name, value, low in [("--resolution", resolution, 1), ("--num-proc", num_proc, 1),
                              ("--num-images", num_images, 1), ("--seed", seed, 0)]:  # fmt: skip
         if value < low:
