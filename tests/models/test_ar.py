@@ -8,6 +8,7 @@ from spherear.models import build_ar, build_vae
 from spherear.models.token_sampler import cfg_scales, to_sphere
 
 from ..conftest import spec_rope_table
+from .conftest import ar_with_fixed_velocities
 
 RADIUS = math.sqrt(16)
 
@@ -139,14 +140,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_recipe):
 def test_cfg_combines_velocities_exactly_then_normalises(tiny_recipe):
     """A stub head returns A for conditional rows and B for null-class rows, so one ODE step
     from noise gives noise + B + s_i (A - B) for token i, which must then go on the sphere."""
-    ar = build_ar(tiny_recipe).eval()
     a, b = torch.linspace(-1, 1, 16), torch.linspace(2, 0, 16)
-
-    def stub(x, t_emb, z_emb):
-        half = len(x) // 2
-        return torch.cat([a.expand(half, 16), b.expand(half, 16)])
-
-    ar.head.run = stub
+    ar = ar_with_fixed_velocities(tiny_recipe, a, b)
     scales = cfg_scales(4.0, "linear", ar.num_tokens)
     gen = torch.Generator().manual_seed(5)
     tokens = ar.sample(torch.tensor([3]), SampleConfig(cfg=4.0, steps=1, sampler="ode"), gen)

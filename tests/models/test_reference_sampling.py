@@ -10,20 +10,16 @@ from spherear.config import SampleConfig
 from spherear.models import build_ar
 from spherear.models.reference_sampling import reference_sample
 
+from .conftest import ar_with_fixed_velocities
+
 
 def test_one_sde_step_guides_then_lands_on_the_sphere(tiny_recipe):
     """A stub head answers A for the class rows and B for the null-class rows. From noise x
     and the step's normal e, one Euler-Maruyama step over [0, 0.96] (drift v - x at t = 0)
     and the final Euler step give 0.04 x + v + sqrt(1.92) e with v = B + s_i (A - B),
     s_i = 1 + (cfg - 1) i / N on the linear schedule; then onto the sphere of radius 4."""
-    ar = build_ar(tiny_recipe).eval()
     a, b = torch.linspace(-1, 1, 16), torch.linspace(2, 0, 16)
-
-    def stub(x, t_emb, z_emb):
-        half = len(x) // 2
-        return torch.cat([a.expand(half, 16), b.expand(half, 16)])
-
-    ar.head.run = stub
+    ar = ar_with_fixed_velocities(tiny_recipe, a, b)
     settings = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=1, sampler="sde")
     tokens = reference_sample(ar, torch.tensor([2, 5]), settings, [
         torch.Generator().manual_seed(s) for s in (7, 8)])  # fmt: skip
