@@ -224,7 +224,7 @@ def test_export_round_trip(tmp_path, tiny_recipe, monkeypatch, meta_above):
     assert loaded.recipe.ar == resolve_ar(tiny_recipe.ar)
     assert loaded.recipe == dataclasses.replace(tiny_recipe, ar=loaded.recipe.ar)
     assert 'size = "tiny"' in (out / "recipe.toml").read_text()
-    assert f"width = {loaded.ar.cfg.width}" in (out / "recipe.toml").read_text()
+    assert f"width = {loaded.ar.config.width}" in (out / "recipe.toml").read_text()
     for k, v in loaded.ar.state_dict().items():
         assert torch.equal(v, ema[k])
     raw = load_checkpoint(out, weights="raw")
