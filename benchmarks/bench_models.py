@@ -133,10 +133,10 @@ def flops_per_token(ar: SphereAR, steps: int, guided: bool) -> dict[str, int]:
         head   2 * n_head * (steps + 1) * N
         -> flops_per_token_sample = rows * (trunk + head) / N
     """
-    cfg = ar.cfg
+    config = ar.config
     P, N = ar.num_prefix, ar.num_tokens
     T = P + N - 1
-    L, w, k = cfg.depth, cfg.width, cfg.diff_batch_mul
+    L, w, k = config.depth, config.width, config.diff_batch_mul
     n_blocks = matmul_params(ar.layers)
     n_proj = matmul_params(ar.proj_in)
     n_head = matmul_params(ar.head)
@@ -162,7 +162,7 @@ def bench_train(ar: SphereAR, batch: int, device: torch.device) -> tuple[float, 
     Returns (tokens per second, timed iterations)."""
     ar.train()
     tokens = to_sphere(torch.randn(batch, ar.num_tokens, ar.latent_dim, device=device))
-    labels = torch.randint(ar.cfg.num_classes, (batch,), device=device)
+    labels = torch.randint(ar.config.num_classes, (batch,), device=device)
 
     def step() -> None:
         ar.zero_grad(set_to_none=True)
@@ -239,7 +239,7 @@ def bench_sample(
 ) -> tuple[float, float]:
     """Returns (ms per decoding step of the whole batch, images per second)."""
     ar.eval()
-    labels = torch.randint(ar.cfg.num_classes, (batch,), device=device)
+    labels = torch.randint(ar.config.num_classes, (batch,), device=device)
     sample_seconds(ar, labels, 1, device)  # warm-up: prefill, cache allocation, kernels
     seconds = sum(sample_seconds(ar, labels, k, device) for _ in range(calls)) / calls
     ms_per_token = 1000 * seconds / k

@@ -26,7 +26,7 @@ def one_step(recipe_path: str, batch: int, mode: str) -> dict:
     from spherear.config import load_recipe
     from spherear.models import build_ar, build_vae
     from spherear.models.token_sampler import to_sphere
-    from spherear.train.loop import adamw
+    from spherear.train.optim import adamw
 
     recipe = load_recipe(recipe_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

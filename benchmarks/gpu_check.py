@@ -58,7 +58,7 @@ def reset_peak(device: torch.device) -> None:
 
 def sample_tokens(ar, batch: int, k: int, settings: SampleConfig, device) -> tuple[float, list]:
     """Seconds for the first ``k`` tokens of a batch, and the tokens it drew."""
-    labels = torch.arange(batch, device=device) % ar.cfg.num_classes
+    labels = torch.arange(batch, device=device) % ar.config.num_classes
     generators = noise_generators(0, range(batch), device)
     drawn = []
     handle = ar.proj_in.register_forward_pre_hook(lambda m, args: drawn.append(args[0].float()))

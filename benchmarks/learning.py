@@ -22,7 +22,7 @@ from spherear.config import load_recipe
 from spherear.data.latent_cache import cache_latents
 from spherear.data.prepare import prepare_dataset
 from spherear.train.ar import train_ar
-from spherear.train.loop import read_metrics
+from spherear.train.metrics import read_metrics
 from spherear.train.vae import train_vae
 
 ROOT = Path(__file__).resolve().parent.parent

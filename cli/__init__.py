@@ -10,12 +10,12 @@ import sys
 
 import typer
 
-from spherear import __version__
 from spherear.cli import data, info, train
 from spherear.cli import evaluate as evaluate_cli
 from spherear.cli import hub as hub_cli
 from spherear.cli import probe as probe_cli
 from spherear.cli import sample as sample_cli
+from spherear.version import __version__
 
 app = typer.Typer(
     name="spherear",

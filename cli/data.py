@@ -46,18 +46,13 @@ def prepare_data(
     r = load_recipe(recipe, overrides) if recipe else Recipe()
     if recipe is None and (source is None or out is None):
         raise SpherearError("pass --recipe, or both --source and --out")
-    source = source or r.data.source
-    num_images = r.data.num_images if num_images is None else num_images
-    if num_images is not None and source != "synthetic":
-        typer.echo(f"note: --num-images / data.num_images is for the synthetic source only; "
-                   f"{source} gives every image of its {split} split", err=True)  # fmt: skip
     result = prepare_dataset(
-        source,
+        source or r.data.source,
         out or Path(r.data.prepared),
         r.vae.resolution if resolution is None else resolution,
         num_proc,
         split,
-        10_000 if num_images is None else num_images,
+        r.data.num_images if num_images is None else num_images,
         seed,
         r.augment.random_crop_min,
     )
@@ -86,27 +81,9 @@ def cache_latents(
     """Encode a prepared dataset with a trained S-VAE into a sharded, resumable cache of
     posteriors (centre crop and flip, plus optional random crops). Multi-process with
     `accelerate launch` or `torchrun`."""
-    import torch
-    from accelerate import Accelerator
-
-    from spherear.checkpoints import load_vae
     from spherear.config import load_recipe
-    from spherear.data.latent_cache import CacheError
-    from spherear.data.latent_cache import cache_latents as run
+    from spherear.data.latent_cache import cache_recipe
 
-    resolved = load_recipe(recipe, overrides)
-    vae = vae or resolved.train.vae_checkpoint
-    if not vae:
-        raise CacheError(f"{recipe}: no train.vae_checkpoint; pass --vae with a trained S-VAE")
-    loaded = load_vae(vae, resolved.vae)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    data = data or Path(resolved.data.prepared)
-    out = out or Path(resolved.data.latents)
-    manifest = run(resolved, loaded.vae, vae, data, out, accelerator)
-    if accelerator.is_main_process:
-        s = manifest["settings"]
-        views = f"{len(s['views'])} view" + ("s" if len(s["views"]) > 1 else "")
-        typer.echo(
-            f"cached {s['num_images']} images x {views} ({', '.join(s['views'])}) in {out} "
-            f"({manifest['bytes_per_view']} bytes per image per view)"
-        )
+    cached = cache_recipe(load_recipe(recipe, overrides), vae, data, out)
+    if cached is not None:
+        typer.echo(cached.summary())

@@ -36,13 +36,10 @@ def push_to_hub(
     model card (with the run's eval-fid results and sample grid), in one commit. Never
     training state, never a file holding a token. The token comes from HF_TOKEN or
     `hf auth login`."""
-    from spherear.hub import find_run
-    from spherear.hub import push_to_hub as push
+    from spherear.hub.push import push_to_hub as push
 
-    run_dir, how = find_run(run)
-    typer.echo(f"run: {run_dir} ({how})")
     pushed = push(
-        run_dir,
+        run,
         repo_id,
         private=private,
         revision=revision,
@@ -50,6 +47,7 @@ def push_to_hub(
         include_samples=include_samples,
         weights=weights,
         dry_run=dry_run,
+        say=typer.echo,
     )
     typer.echo(f"files: {', '.join(pushed.files)}")
     if dry_run is not None:

@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from spherear.checkpoint_header import Weights
 from spherear.cli.errors import user_errors
 
 
@@ -64,7 +65,7 @@ def sample(
     batch_size: int = typer.Option(
         100, "--batch-size", min=1, help="Images per chunk and per forward pass (a setting)."
     ),
-    weights: Literal["ema", "raw"] = typer.Option("ema", "--weights", help="EMA or raw weights."),
+    weights: Weights = typer.Option("ema", "--weights", help="EMA or raw weights."),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <run>/samples/<settings tag>)."
     ),
@@ -74,9 +75,10 @@ def sample(
     number of processes; multi-GPU and multi-node with `accelerate launch` or `torchrun`."""
     from spherear.checkpoint_header import read_header
     from spherear.hub_files import resolve
-    from spherear.sample_plan import Plan, check_plan, default_out, find_checkpoint
+    from spherear.runs import find_run
+    from spherear.sample_plan import Plan, check_plan, default_out
 
-    source = find_checkpoint(checkpoint)
+    source = find_run(checkpoint, option="--checkpoint")
     local, _ = resolve(source.checkpoint)  # a hub address that cannot be fetched fails here
 
     def plan_with(defaults) -> Plan:
@@ -92,14 +94,11 @@ def sample(
     if header is not None:
         check_plan(plan, header)
 
-    import torch
-    from accelerate import Accelerator
-
+    from spherear.accelerator import make_accelerator
     from spherear.checkpoints import load_checkpoint
     from spherear.sample import sample_images
 
-    cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    accelerator = make_accelerator("bf16")
     say = typer.echo if accelerator.is_main_process else lambda _: None
     if checkpoint is None:
         say(f"sampling the newest train-ar run: {source.run}")

@@ -18,13 +18,9 @@ def train_ar(
     from the newest checkpoint in run.output_dir. Multi-GPU and multi-node with
     `accelerate launch` or `torchrun`."""
     from spherear.config import load_recipe
-    from spherear.errors import SpherearError
     from spherear.train.ar import train_ar as run
 
-    resolved = load_recipe(recipe, overrides)
-    if resolved.ar is None:
-        raise SpherearError(f"{recipe}: no [ar] section; train-ar needs an AR recipe")
-    typer.echo(f"exported to {run(resolved)}")
+    typer.echo(f"exported to {run(load_recipe(recipe, overrides))}")
 
 
 @user_errors
@@ -34,9 +30,7 @@ def train_vae(
 ) -> None:
     """Train the S-VAE (L1 + LPIPS + PatchGAN + KL to uniform) on a prepared dataset;
     resumes from the newest checkpoint in run.output_dir."""
-    from spherear.config import VAELossConfig, load_recipe
+    from spherear.config import load_recipe
     from spherear.train.vae import train_vae as run
 
-    resolved = load_recipe(recipe, overrides)
-    resolved.vae_loss = resolved.vae_loss or VAELossConfig()
-    typer.echo(f"exported to {run(resolved)}")
+    typer.echo(f"exported to {run(load_recipe(recipe, overrides))}")

@@ -1,12 +1,14 @@
 """spherear: train, sample, evaluate and publish SphereAR image generators."""
 
-__version__ = "0.1.0"
+from spherear.version import __version__
+
+__all__ = ["__version__", "from_pretrained"]
 
 
 def __getattr__(name: str):
     # lazy, so that `import spherear` (and `spherear --help`) does not load torch
     if name == "from_pretrained":
-        from spherear.hub import from_pretrained
+        from spherear.checkpoints import from_pretrained
 
         return from_pretrained
     raise AttributeError(f"module 'spherear' has no attribute {name!r}")

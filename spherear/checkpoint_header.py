@@ -16,6 +16,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from spherear.config import Recipe, SampleConfig, VAEConfig, recipe_from_dict
 from spherear.errors import SpherearError
@@ -27,10 +28,18 @@ FORMAT_VERSION = 2
 # table is not saved with its weights, so an export made under another rule (spherear 0.1
 # put token (r, c) at (r + 1, c + 1), rows first) would load fine and sample garbage.
 ROPE_CONVENTION = "2d-centre-x-first"
+# which AR weights: the exponential moving average (what sampling uses by default) or the raw
+# ones; the authors' files keep them under "ema" and "model"
+Weights = Literal["ema", "raw"]
 
 
 class CheckpointError(SpherearError):
     """A file that is not a usable checkpoint; the message says which and why."""
+
+
+def check_weights(weights: str) -> None:
+    if weights not in get_args(Weights):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class Header:
     path: str
     kind: str  # "vae" (the S-VAE only) or "ar" (S-VAE + SphereAR)
     num_classes: int | None
-    weights: tuple[str, ...]  # which of "ema", "raw" it holds for the AR model
+    weights: tuple[Weights, ...]  # which it holds for the AR model
     sample: SampleConfig = field(default_factory=SampleConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)  # the authors' files: the 256px S-VAE
 

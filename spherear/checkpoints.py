@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from spherear.checkpoint_header import (
     FORMAT_VERSION,
     ROPE_CONVENTION,
     CheckpointError,
+    Weights,
+    check_weights,
     export_folder,
     read_export_config,
     read_header,
@@ -56,7 +59,7 @@ from spherear.files import (
     publish,
     write_json,
 )
-from spherear.hub_files import resolve
+from spherear.hub_files import REPO_ID, resolve
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
 from spherear.models.registry import AR_SIZES, spell_out
@@ -239,8 +242,9 @@ def _label(size: str | None) -> str:
     return "a VAE-only checkpoint" if size is None else f"SphereAR-{size}"
 
 
-def _authors_state(obj: dict, weights: str) -> tuple[dict[str, torch.Tensor], int]:
-    """Our key -> tensor, with EMA tensors over raw ones; also how many came from EMA."""
+def _authors_state(obj: dict, weights: Weights) -> tuple[dict[str, torch.Tensor], int]:
+    """Our key -> tensor: their ``model`` entry (the raw weights), with the ``ema`` entry's
+    tensors over them for "ema"; also how many came from the EMA."""
     state = dict(obj["model"])
     ema = obj.get("ema") if weights == "ema" and isinstance(obj.get("ema"), dict) else {}
     state.update(ema)  # EMA covers the trained parts; the frozen VAE may be absent from it
@@ -248,15 +252,14 @@ def _authors_state(obj: dict, weights: str) -> tuple[dict[str, torch.Tensor], in
 
 
 def load_authors_checkpoint(
-    path: str | Path, weights: str = "ema", expect: str | None = "auto"
+    path: str | Path, weights: Weights = "ema", expect: str | None = "auto"
 ) -> Loaded:
     """Load an authors' ``.pt`` (VAE-only or full) into our modules, strictly.
 
     ``expect``: "auto" (detect), "vae" or a registry size such as "B". A file whose keys or
     shapes do not match is refused, naming up to five mismatches and the size it looks like.
     """
-    if weights not in ("ema", "model"):
-        raise ValueError("weights must be 'ema' or 'model'")
+    check_weights(weights)
     obj = read_authors_file(path)
     state, from_ema = _authors_state(obj, weights)
     found = {k: tuple(v.shape) for k, v in state.items()}
@@ -364,7 +367,8 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
 
 
-def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
+def load_pretrained(path: str | Path, weights: Weights = "ema") -> Loaded:
+    check_weights(weights)
     folder = export_folder(Path(path))
     if folder is None:
         raise CheckpointError(f"{path}: no spherear config.json here; pass an export folder")
@@ -384,17 +388,25 @@ def load_pretrained(path: str | Path, weights: str = "ema") -> Loaded:
     return Loaded(recipe, vae, ar, f"{folder} (spherear export, {weights} weights)")
 
 
-def load_checkpoint(path: str | Path, weights: str = "ema") -> Loaded:
+def load_checkpoint(path: str | Path, weights: Weights = "ema") -> Loaded:
     """Our export folder or an authors' ``.pt``, whichever ``path`` is; either may be an
     ``hf://USER/REPO[@REVISION][/FILE]`` address, whose pinned commit the description names."""
     local, pinned = resolve(path)
     if export_folder(local) is not None:
         loaded = load_pretrained(local, weights)
     else:
-        loaded = load_authors_checkpoint(local, "ema" if weights == "ema" else "model")
+        loaded = load_authors_checkpoint(local, weights)
     if pinned is not None:
         loaded.description = f"{pinned}, cached as {loaded.description}"
     return loaded
+
+
+def from_pretrained(name: str | Path, weights: Weights = "ema") -> Loaded:
+    """A model from a hub repo ("USER/REPO", "USER/REPO@REVISION" or any ``hf://`` address),
+    a local spherear export folder or an authors' ``.pt``; ``spherear.from_pretrained``."""
+    text = str(name)
+    bare_repo = re.fullmatch(rf"{REPO_ID}(@\S+)?", text) and not Path(text).exists()
+    return load_checkpoint(f"hf://{text}" if bare_repo else text, weights)
 
 
 def _same_vae(path, found: VAEConfig, expected: VAEConfig) -> None:

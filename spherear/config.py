@@ -32,6 +32,17 @@ def bounded(default: Any, low: float | None = None, high: float | None = None) -
     return field(default=default, metadata={"range": (low, high)})
 
 
+def check_head_dim(where: str, width: tuple[str, int], heads: tuple[str, int]) -> None:
+    """Attention heads split the (named) ``width`` evenly, into a dimension that 2D RoPE can
+    turn in pairs, half of them by x and half by y."""
+    head_dim, rest = divmod(width[1], heads[1])
+    if rest or head_dim % 4:
+        raise RecipeError(
+            f"{where}: {width[0]} {width[1]} / {heads[0]} {heads[1]} must give a head "
+            "dimension divisible by 4 (2D RoPE splits it in x and y halves)"
+        )
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -80,12 +91,7 @@ class VAEConfig:
                 f"{where}: vae.resolution {self.resolution} is not divisible by the patch size "
                 f"{self.patch_size} that {len(self.channels) - 1} down-sampling stages give"
             )
-        head_dim, rem = divmod(self.width, self.num_heads)
-        if rem or head_dim % 4:
-            raise RecipeError(
-                f"{where}: vae width {self.width} / vae.num_heads {self.num_heads} must give a "
-                "head dimension divisible by 4 (2D RoPE splits it in x and y halves)"
-            )
+        check_head_dim(where, ("vae width", self.width), ("vae.num_heads", self.num_heads))
 
 
 @dataclass

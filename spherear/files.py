@@ -29,7 +29,7 @@ import shutil
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +293,29 @@ def _read_only(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def differences(
+    saved: dict, now: dict, ignore: Collection[str] = (), now_word: str = "now", most: int = 4
+) -> str:
+    """What differs between the settings an earlier run recorded (``saved``) and those of
+    ``now``, but for the keys ``ignore``, as words for a one-line refusal: "KEY A there, B
+    now" (hashes cut short) for values, "KEY differ" for tables; "" when they match."""
+    keys = [k for k in {**saved, **now} if k not in ignore and saved.get(k) != now.get(k)]
+    shown = [k for k in keys if not isinstance(saved.get(k, now.get(k)), dict)]
+    words = [f"{k} {_show(k, saved.get(k))} there, {_show(k, now.get(k))} {now_word}"
+             for k in shown[:most]]  # fmt: skip
+    if len(shown) > most:
+        words.append(f"and {len(shown) - most} more")
+    tables = [k for k in keys if k not in shown]
+    if tables:
+        words.append(f"{', '.join(tables)} differ")
+    return "; ".join(words)
+
+
+def _show(key: str, value: Any) -> str:
+    hashed = key.endswith(("sha256", "fingerprint")) and isinstance(value, str)
+    return f"{value[:12]}..." if hashed else repr(value)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,5 +1,6 @@
 """Finding a workspace's runs and outputs, so bare commands (``spherear sample``,
-``spherear eval-fid``, ``spherear push-to-hub``) act on the newest one and say which.
+``spherear eval-fid``, ``spherear push-to-hub``) act on the newest one and say which;
+``find_run`` is the one way a command finds the run (or checkpoint) it acts on.
 
 A run folder is one ``train-vae``/``train-ar`` wrote (``recipe.toml`` + ``export/``);
 recipes put them under ``runs/`` by default.
@@ -8,10 +9,12 @@ recipes put them under ``runs/`` by default.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from spherear.config import Recipe, load_recipe
 from spherear.errors import SpherearError
+from spherear.hub_files import parse_address
 
 RUNS = Path("runs")
 
@@ -27,17 +30,62 @@ def _export_kind(export: Path) -> str | None:
         return None
 
 
-def latest_run(root: str | Path = RUNS, kind: str = "ar") -> Path:
+WHAT = {"ar": "train-ar", "vae": "train-vae"}
+
+
+@dataclass
+class Found:
+    """What a command acts on: the checkpoint to load (an export folder, an authors' file or
+    an hf:// address), the run folder it belongs to (None outside a run) and how it was
+    chosen, for the user."""
+
+    checkpoint: str
+    run: Path | None
+    how: str
+
+
+def is_run(path: Path) -> bool:
+    """A finished run folder: its recipe and its export."""
+    return (path / "recipe.toml").is_file() and (path / "export" / "config.json").is_file()
+
+
+def _newest_run(root: Path, kind: str) -> Path | None:
     """The run folder under ``root`` whose ``kind`` export ("ar" or "vae") is newest."""
-    exports = [p.parent for p in Path(root).glob("**/export/config.json")]
+    exports = [p.parent for p in root.glob("**/export/config.json")]
     newest = _newest([e / "config.json" for e in exports if _export_kind(e) == kind])
-    if newest is None:
-        what = "train-ar" if kind == "ar" else "train-vae"
+    return None if newest is None else newest.parent.parent
+
+
+def find_run(
+    given: str | Path | None = None,
+    root: str | Path = RUNS,
+    kinds: tuple[str, ...] = ("ar",),
+    option: str = "the run or checkpoint",
+) -> Found:
+    """The one way commands find their run: ``given`` as it is (a run folder, its export, an
+    export or authors' file elsewhere, an hf:// address), placed in its run if it has one;
+    without it, the newest finished run under ``root`` of the first of ``kinds`` that has
+    one. ``option`` is what to pass instead, for the message when there is none."""
+    if given is None:
+        for i, kind in enumerate(kinds):
+            run = _newest_run(Path(root), kind)
+            if run is not None:
+                how = f"the newest {WHAT[kind]} run under {root}/"
+                if i:
+                    how = f"no {WHAT[kinds[0]]} run, so {how}"
+                return Found(str(run / "export"), run, how)
+        what = " or ".join(WHAT[kind] for kind in kinds)
         raise SpherearError(
-            f"no finished {what} run under {root}/ (no export/config.json of kind '{kind}'); "
-            f"pass the run or checkpoint explicitly"
+            f"no finished {what} run under {root}/ (no export/config.json of kind "
+            f"{' or '.join(repr(k) for k in kinds)}); pass {option}"
         )
-    return newest.parent.parent
+    if parse_address(given) is not None:
+        return Found(str(given), None, "as given")
+    path = Path(given)
+    if is_run(path):
+        return Found(str(path / "export"), path, "as given")
+    in_run = is_run(path.parent) and path.resolve() == (path.parent / "export").resolve()
+    return Found(str(given), path.parent if in_run else None, "as given")
 
 
 def latest_samples(root: str | Path = RUNS) -> Path:

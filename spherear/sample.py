@@ -37,6 +37,7 @@ from spherear.errors import SpherearError
 from spherear.files import (
     atomic_write,
     check_output,
+    differences,
     note,
     read_json,
     remove,
@@ -125,10 +126,6 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
 DESCRIPTIVE = {"checkpoint", "class_names"}
 
 
-def _show(key: str, value) -> str:
-    return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else repr(value)
-
-
 def saved_settings(out: Path) -> dict | None:
     """What an earlier run recorded in ``out`` (None if it did not start)."""
     path = out / SETTINGS
@@ -141,16 +138,10 @@ def saved_settings(out: Path) -> dict | None:
 
 
 def check_settings(out: Path, saved: dict | None, record: dict) -> None:
-    if saved is None:
-        return
-    keys = [k for k in {**saved, **record} if k not in DESCRIPTIVE]
-    differ = [k for k in keys if saved.get(k) != record.get(k)]
+    differ = differences(saved, record, DESCRIPTIVE) if saved is not None else ""
     if differ:
-        listed = "; ".join(
-            f"{k} {_show(k, saved.get(k))} there, {_show(k, record.get(k))} now" for k in differ
-        )
         raise SampleError(
-            f"{out} holds samples made with other settings ({listed}); pass another --out, "
+            f"{out} holds samples made with other settings ({differ}); pass another --out, "
             "or the same arguments to continue it"
         )
 
@@ -231,7 +222,7 @@ def _grid_indices(labels: np.ndarray) -> dict[int, list[int]]:
 def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.ndarray],
                 names: list[str]) -> None:  # fmt: skip
     """One row per class of ``rows``, named by ``names`` (by number if there are none)."""
-    from spherear.train.session import save_grid
+    from spherear.grids import save_grid
 
     blank = np.full_like(next(iter(picked.values())), 128)  # short rows stay aligned
     cells = []

@@ -1,9 +1,10 @@
 """What ``spherear sample`` makes, decided before any weights are read.
 
-The plan (how many images, guidance, steps, labels, seed, chunk size) and the labels of every
-image, where the checkpoint comes from and where the samples go. Nothing here imports torch:
-the command checks its arguments against the checkpoint's header (``checkpoint_header``) and
-stops in one line, before loading gigabytes of weights for a request that cannot be met.
+The plan (how many images, guidance, steps, labels, seed, chunk size), the labels of every
+image and where the samples go (``spherear.runs.find_run`` says where the checkpoint comes
+from). Nothing here imports torch: the command checks its arguments against the
+checkpoint's header (``checkpoint_header``) and stops in one line, before loading gigabytes
+of weights for a request that cannot be met.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spherear.checkpoint_header import Header
+from spherear.checkpoint_header import Header, Weights
 from spherear.config import SampleConfig
 from spherear.errors import SpherearError
 from spherear.hub_files import parse_address
-from spherear.runs import latest_run
+from spherear.runs import Found
 
 LABEL_STREAM = 0
 
@@ -40,7 +41,7 @@ class Plan:
     labels: str = "balanced"
     seed: int = 0
     batch_size: int = 100
-    weights: str = "ema"
+    weights: Weights = "ema"
 
     @classmethod
     def from_recipe(cls, defaults: SampleConfig, n: int, **given) -> Plan:
@@ -113,37 +114,10 @@ def class_labels(n: int, num_classes: int, mode: str, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# Where from, where to
+# Where to
 
 
-@dataclass
-class Source:
-    """The checkpoint to load (a local path or an hf:// address) and the run it belongs to."""
-
-    checkpoint: str
-    run: Path | None = None
-
-
-def _is_run(path: Path) -> bool:
-    return (path / "recipe.toml").is_file() and (path / "export" / "config.json").is_file()
-
-
-def find_checkpoint(checkpoint: str | None, runs: str | Path = "runs") -> Source:
-    """A run folder (its export), an export, an authors' file or an hf:// address; without
-    one, the newest AR run under ``runs``."""
-    if checkpoint is None:
-        run = latest_run(runs, kind="ar")
-        return Source(str(run / "export"), run)
-    if parse_address(checkpoint) is not None:
-        return Source(checkpoint)
-    path = Path(checkpoint)
-    if _is_run(path):
-        return Source(str(path / "export"), path)
-    in_run = _is_run(path.parent) and path.resolve() == (path.parent / "export").resolve()
-    return Source(checkpoint, path.parent if in_run else None)
-
-
-def default_out(source: Source, plan: Plan) -> Path:
+def default_out(source: Found, plan: Plan) -> Path:
     """``<run>/samples/<tag>``; for a checkpoint outside a run, ``samples/<name>-<tag>``
     beside it (in the working folder for an hf:// address)."""
     if source.run is not None:

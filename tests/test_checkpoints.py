@@ -92,7 +92,7 @@ def test_full_b_checkpoint_loads_strictly_with_ema_preferred(authors_b):
     ema = _state("SphereAR-B", 0.5)
     _assert_values(loaded.ar.state_dict(), ema)
     _assert_values(loaded.vae.state_dict(), ema, prefix="vae.")
-    raw = load_authors_checkpoint(authors_b, weights="model", expect="B")
+    raw = load_authors_checkpoint(authors_b, weights="raw", expect="B")
     _assert_values(raw.ar.state_dict(), _state("SphereAR-B", 0.0))
     assert loaded.ar.rope.shape == (16 + 256, 32, 2)  # rebuilt: the file does not hold it
 
@@ -224,7 +224,7 @@ def test_export_round_trip(tmp_path, tiny_recipe, monkeypatch, meta_above):
     assert loaded.recipe.ar == resolve_ar(tiny_recipe.ar)
     assert loaded.recipe == dataclasses.replace(tiny_recipe, ar=loaded.recipe.ar)
     assert 'size = "tiny"' in (out / "recipe.toml").read_text()
-    assert f"width = {loaded.ar.cfg.width}" in (out / "recipe.toml").read_text()
+    assert f"width = {loaded.ar.config.width}" in (out / "recipe.toml").read_text()
     for k, v in loaded.ar.state_dict().items():
         assert torch.equal(v, ema[k])
     raw = load_checkpoint(out, weights="raw")

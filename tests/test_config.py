@@ -86,20 +86,13 @@ def test_set_creates_optional_sections():
     assert vae_only.ar.size == "L"
 
 
-def test_registry_fills_and_checks_sizes():
-    filled = resolve_ar(recipe_from_dict({"ar": {"size": "H"}}).ar)
-    assert (filled.depth, filled.width, filled.head_groups) == (40, 1280, 3)
-    custom = resolve_ar(recipe_from_dict({"ar": {"size": "B", "depth": 2}}).ar)
-    assert (custom.depth, custom.width) == (2, 768)
-    with pytest.raises(RecipeError, match="unknown ar.size 'b'; did you mean 'B'"):
-        resolve_ar(recipe_from_dict({"ar": {"size": "b"}}).ar)
-    with pytest.raises(RecipeError, match="head dimension divisible by 4"):
-        resolve_ar(recipe_from_dict({"ar": {"size": "B", "num_heads": 5}}).ar)
-
-
 def test_geometry_is_checked():
     with pytest.raises(RecipeError, match="not divisible by the patch size 16"):
         recipe_from_dict({"vae": {"resolution": 100}})
+    # 512 / 8 = 64 divides in 4; 512 / 32 = 16 too; 480 / 8 = 60 too, 488 / 8 = 61 not
+    recipe_from_dict({"vae": {"num_heads": 32}})
+    with pytest.raises(RecipeError, match="vae width 488 / vae.num_heads 8 must give a head dim"):
+        recipe_from_dict({"vae": {"channels": [64, 488]}})
 
 
 def test_toml_writer_escapes_strings():

@@ -178,3 +178,20 @@ def test_the_crash_hook_kills_at_the_named_point(tmp_path, target, dies):
     written = (tmp_path / "out").read_text() if dies > 1 else None
     assert written == (str(dies - 1) if dies > 1 else None)
     assert len(list(tmp_path.glob(".out.*.tmp"))) == 1  # the temporary a kill leaves
+
+
+def test_differences_list_values_name_tables_and_skip_what_is_ignored():
+    from spherear.files import differences
+
+    saved = {"cfg": 2.0, "numerics": {"threads": 1}, "vae_sha256": "a" * 64, "checkpoint": "x"}
+    now = {"cfg": 3.0, "numerics": {"threads": 2}, "vae_sha256": "b" * 64, "checkpoint": "y",
+           "n": 4}  # fmt: skip
+    assert differences(saved, dict(saved)) == ""
+    assert differences(saved, now, ignore={"checkpoint"}) == (
+        "cfg 2.0 there, 3.0 now; vae_sha256 aaaaaaaaaaaa... there, bbbbbbbbbbbb... now; "
+        "n None there, 4 now; numerics differ"
+    )
+    many = {f"k{i}": i for i in range(6)}
+    assert differences(many, {}, now_word="here", most=2) == (
+        "k0 0 there, None here; k1 1 there, None here; and 4 more"
+    )

@@ -1,5 +1,5 @@
-"""spherear sample on CPU: 2 processes equal 1, a killed run continues exactly, labels,
-refusals and the default paths."""
+"""spherear sample on CPU: 2 processes equal 1, a killed run continues exactly, refusals,
+the default paths and the quantisation."""
 
 import os
 import re
@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from spherear.checkpoint_header import Header
 from spherear.checkpoints import save_pretrained
-from spherear.config import SampleConfig, load_recipe, save_recipe
+from spherear.config import load_recipe, save_recipe
 from spherear.models import build_ar, build_vae
 from spherear.sample import to_uint8
-from spherear.sample_plan import Plan, SampleError, check_plan, class_labels
 
 from .conftest import kill_when
 
@@ -77,6 +75,7 @@ def single(workspace):
     return out
 
 
+@pytest.mark.slow
 def test_bare_command_samples_the_newest_run_into_its_folder(single):
     arr, labels = _arr(single), np.load(single / "labels.npy")
     assert arr.shape == (N, 32, 32, 3) and arr.dtype == np.uint8
@@ -89,6 +88,7 @@ def test_bare_command_samples_the_newest_run_into_its_folder(single):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes_as_one(workspace, single):
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", "--module", "spherear")  # fmt: skip
@@ -99,6 +99,7 @@ def test_two_processes_write_the_same_bytes_as_one(workspace, single):
     assert (workspace / "two" / "samples.npz").read_bytes() == (single / "samples.npz").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_killed_run_continues_to_the_same_bytes(workspace, single):
     out = workspace / "killed"
     cmd = [*SPHERE, "sample", "--n", str(N), "--batch-size", str(BATCH), "--out", str(out)]
@@ -111,6 +112,7 @@ def test_a_killed_run_continues_to_the_same_bytes(workspace, single):
     assert _arr(out).tobytes() == _arr(single).tobytes()
 
 
+@pytest.mark.slow
 def test_other_settings_into_the_same_folder_are_refused(workspace, single):
     before = (single / "samples.npz").read_bytes()
     done = _sample(workspace, "--cfg", "2", "--seed", "1", "--out", str(single))
@@ -121,38 +123,8 @@ def test_other_settings_into_the_same_folder_are_refused(workspace, single):
     assert (single / "samples.npz").read_bytes() == before
 
 
-def test_balanced_labels_split_n_evenly_or_name_the_nearest_n():
-    labels = class_labels(50, 10, "balanced", seed=0)
-    assert np.bincount(labels).tolist() == [5] * 10
-    for n, nearest in [(24, 20), (26, 30), (3, 10)]:
-        with pytest.raises(SampleError, match=rf"use --n {nearest}, or --labels random"):
-            class_labels(n, 10, "balanced", seed=0)
-
-
-def test_random_labels_are_a_function_of_seed_and_index():
-    a = class_labels(2000, 10, "random", seed=3)
-    assert np.array_equal(a, class_labels(2000, 10, "random", seed=3))
-    assert np.array_equal(a[:20], class_labels(20, 10, "random", seed=3))  # image i keeps its
-    assert not np.array_equal(a, class_labels(2000, 10, "random", seed=4))
-    counts = np.bincount(a, minlength=10)
-    assert counts.min() > 150 and counts.max() < 250  # uniform: 200 +- 5 sigma
-
-
 def test_quantisation_is_the_authors_truncating_clamp():
     x = torch.tensor([-2.0, -1.0, -0.003, 0.0, 0.003, 0.5, 1.0, 2.0]).view(1, 1, 1, 8)
     out = to_uint8(x.expand(1, 3, 1, 8))
     assert out.shape == (1, 1, 8, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 127, 128, 128, 191, 255, 255]
-
-
-def test_a_plan_the_checkpoint_cannot_meet_is_refused_from_its_header():
-    plan = Plan.from_recipe(SampleConfig(), 20, weights="raw")
-    cases = [
-        (Header("v.pt", "vae", None, ()), "v.pt holds only a VAE"),
-        (Header("e", "ar", 10, ("ema",)), "e holds no raw AR weights (it has: ema); pass --wei"),
-        (Header("b.pt", "ar", 1000, ("ema", "raw")), "--n 20 does not split evenly over 1000"),
-    ]  # fmt: skip
-    for header, message in cases:
-        with pytest.raises(SampleError, match=re.escape(message)):
-            check_plan(plan, header)
-    check_plan(plan, Header("b.pt", "ar", 10, ("ema", "raw")))

@@ -29,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from spherear import numerics
+from spherear.accelerator import make_accelerator
 from spherear.config import Recipe, recipe_to_dict
 from spherear.data.prepare import PreparedImages, data_fingerprint
 from spherear.data.transforms import center_crop, random_crop, to_tensor
@@ -48,6 +50,7 @@ from spherear.files import (
     check_output,
     check_record,
     check_safetensors,
+    differences,
     file_record,
     note,
     read_json,
@@ -150,6 +153,45 @@ def _fix(out: Path) -> str:
     return f"delete {out} and rerun `spherear cache-latents` to encode it again"
 
 
+@dataclass
+class Cached:
+    out: Path
+    manifest: dict
+
+    def summary(self) -> str:
+        s = self.manifest["settings"]
+        views = f"{len(s['views'])} view" + ("s" if len(s["views"]) > 1 else "")
+        return (
+            f"cached {s['num_images']} images x {views} ({', '.join(s['views'])}) in {self.out} "
+            f"({self.manifest['bytes_per_view']} bytes per image per view)"
+        )
+
+
+def cache_recipe(
+    recipe: Recipe,
+    vae: str | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> Cached | None:
+    """``spherear cache-latents``: the prepared data (default: ``data.prepared``) encoded by
+    the S-VAE ``vae`` (default: ``train.vae_checkpoint``), which must be the recipe's
+    ``[vae]``, into ``out`` (default: ``data.latents``). None on the processes other than
+    the first."""
+    from spherear.checkpoints import load_vae
+
+    vae = vae or recipe.train.vae_checkpoint
+    if not vae:
+        raise CacheError("the recipe sets no train.vae_checkpoint; pass --vae with a trained S-VAE")
+    loaded = load_vae(vae, recipe.vae)
+    accelerator = accelerator or make_accelerator()
+    out = Path(out or recipe.data.latents)
+    manifest = cache_latents(recipe, loaded.vae, vae, data or recipe.data.prepared, out,
+                             accelerator, progress)  # fmt: skip
+    return Cached(out, manifest) if accelerator.is_main_process else None
+
+
 def cache_latents(
     recipe: Recipe,
     vae: SphericalVAE,
@@ -160,10 +202,9 @@ def cache_latents(
     progress: bool = True,
 ) -> dict:
     """Encode a prepared dataset into ``out``; returns the manifest."""
-    from accelerate import Accelerator
     from tqdm import tqdm
 
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     main = accelerator.is_main_process
     say = note if main else (lambda message: None)
     out, data_dir = Path(out), Path(data_dir)
@@ -176,12 +217,12 @@ def cache_latents(
     if saved is not None:
         numerics.adopt(saved.get("numerics", {}), accelerator.device, str(out), say)
     settings = _settings(recipe, Path(vae_path), data_dir, len(images), accelerator.device)
-    if saved is not None and saved != settings:
+    differ = differences(saved, settings) if saved is not None else ""
+    if differ:
         complete = "a complete" if (out / MANIFEST).is_file() else "an unfinished"
         raise CacheError(
-            f"{out} holds {complete} cache made with other settings ("
-            f"{', '.join(k for k in settings if saved.get(k) != settings[k])} differ); "
-            "rerun with those, or choose another --out (or delete it to start over)"
+            f"{out} holds {complete} cache made with other settings ({differ}); rerun with "
+            "those, or choose another --out (or delete it to start over)"
         )
     if saved is None and out.exists() and any(out.iterdir()):
         raise CacheError(f"{out} exists and is not a latent cache; choose another --out")

@@ -34,12 +34,19 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from spherear.data.sources import Shard, SourceError, open_source, split_name
+from spherear.data.sources import (
+    SYNTHETIC_IMAGES,
+    Shard,
+    SourceError,
+    open_source,
+    split_name,
+)
 from spherear.files import (
     DamagedError,
     atomic_write,
     check_output,
     check_record,
+    differences,
     file_record,
     note,
     publish,
@@ -195,14 +202,16 @@ def _source_setting(src, out: Path) -> tuple[str, str]:
     return f"{kind}:{os.path.relpath(location.resolve(), out.resolve().parent)}", src.description
 
 
-def _same_settings(info: dict, settings: dict, absolute: str) -> bool:
+def _differences(info: dict, settings: dict, absolute: str) -> str:
+    """What differs from the settings ``info`` recorded ("" if nothing): the source matches
+    by its path relative to the output or by its absolute description."""
     saved = info.get("settings")
     if not isinstance(saved, dict):
-        return False
-    rest = [k for k in {**saved, **settings} if k != "source"]
-    return all(saved.get(k) == settings.get(k) for k in rest) and (
-        saved.get("source") in (settings["source"], absolute) or info.get("source_path") == absolute
-    )
+        return "none recorded"
+    source = saved.get("source")
+    if source in (settings["source"], absolute) or info.get("source_path") == absolute:
+        settings = {**settings, "source": source}
+    return differences(saved, settings)
 
 
 def prepare_dataset(
@@ -211,15 +220,20 @@ def prepare_dataset(
     resolution: int = 256,
     num_proc: int = 1,
     split: str = "train",
-    num_images: int = 10_000,
+    num_images: int | None = None,
     seed: int = 0,
     min_crop_fraction: float = 0.8,
     progress: bool = True,
     say: Callable[[str], None] = note,
 ) -> PrepareResult:
-    """Prepare ``source`` into ``out``; see the module docstring for the format."""
+    """Prepare ``source`` into ``out``; see the module docstring for the format.
+    ``num_images`` and ``seed`` are for the synthetic source only (default 10,000 images)."""
     out = Path(out)
     start = time.time()
+    if num_images is not None and source != "synthetic":
+        say(f"--num-images / data.num_images is for the synthetic source only; {source} gives "
+            f"every image of its {split} split")  # fmt: skip
+    num_images = SYNTHETIC_IMAGES if num_images is None else num_images
     for name, value, low in [("--resolution", resolution, 1), ("--num-proc", num_proc, 1),
                              ("--num-images", num_images, 1), ("--seed", seed, 0)]:  # fmt: skip
         if value < low:
@@ -241,10 +255,11 @@ def prepare_dataset(
     partial = out.parent / f".{out.name}.partial"
     if (out / INFO).is_file():
         info = read_info(out)
-        if not _same_settings(info, settings, absolute):
+        differ = _differences(info, settings, absolute)
+        if differ:
             raise SourceError(
-                f"{out} holds a dataset prepared with other settings ({info.get('settings')}); "
-                "choose another --out or delete it"
+                f"{out} holds a dataset prepared with other settings ({differ}); choose "
+                "another --out or delete it"
             )
         damaged = _damaged_shards(out, info)
         if not damaged:
@@ -257,7 +272,7 @@ def prepare_dataset(
             (partial / path.relative_to(out)).unlink(missing_ok=True)
     elif out.exists():
         raise SourceError(f"{out} exists but is not a prepared dataset; choose another --out")
-    if partial.exists() and not _same_settings(_partial_info(partial), settings, absolute):
+    if partial.exists() and _differences(_partial_info(partial), settings, absolute):
         shutil.rmtree(partial)  # our own leftovers from a run with other settings
     if not (partial / INFO).is_file():
         write_json(partial / INFO, {"settings": settings, "source_path": absolute},

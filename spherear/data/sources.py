@@ -26,6 +26,7 @@ from spherear.errors import SpherearError
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 WNID = re.compile(r"^n\d{8}$")
 SHARD_SIZE = 1000  # images per shard where a source has no natural unit (hub, synthetic)
+SYNTHETIC_IMAGES = 10_000  # how many images the synthetic source makes unless told
 # the folder names each split is read from in a folder: source; "val" also names the split
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation")}
 
@@ -309,7 +310,7 @@ def split_name(split: str) -> str:
 
 
 def open_source(
-    source: str, split: str = "train", num_images: int = 10_000, seed: int = 0,
+    source: str, split: str = "train", num_images: int = SYNTHETIC_IMAGES, seed: int = 0,
     resolution: int = 32,
 ):  # fmt: skip
     """Parse a ``--source`` string into a source object."""

@@ -1,6 +1,7 @@
 """Evaluation of generated samples: ``evaluate`` runs the ADM protocol (FID, sFID, IS,
 precision/recall; ``/work/shared/reference/eval-protocol.md``) on a samples ``.npz``
-against a reference, plus optional Fréchet distances in other feature spaces (``FD_*``).
+against a reference, plus optional Fréchet distances in other feature spaces (``FD_*``);
+``eval_fid`` is the ``spherear eval-fid`` command: its defaults, and the report written.
 
 Heavy imports stay inside functions: ``probe`` and ``metrics`` users need none of them.
 """
@@ -23,6 +24,67 @@ def sample_count_warning(n: int) -> str | None:
     )
 
 
+def eval_fid(
+    samples: Path | None = None,
+    reference: Path | None = None,
+    inception_weights: Path | None = None,
+    extra_features: list[str] = (),
+    batch_size: int = 50,
+    out: Path | None = None,
+    accelerator=None,
+    say: Callable[[str], None] = lambda message: None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> Path | None:
+    """``spherear eval-fid``: ``samples`` (default: the newest under runs/) against
+    ``reference`` (default: ``eval.reference`` of the samples' run) with ``inception_weights``
+    (default: the run's ``eval.inception_weights``, else torch hub's checkpoint folder). The
+    results are printed (``say``) before they are written to ``out`` (default: eval-fid.json
+    beside the samples), so a failed write loses nothing. Returns ``out`` on the main
+    process, None on the others."""
+    from spherear.accelerator import make_accelerator
+    from spherear.errors import SpherearError
+    from spherear.eval.features import resolve_inception_weights
+    from spherear.eval.npz import NpzImages
+    from spherear.files import check_output, sweep, write_json
+    from spherear.runs import latest_samples, samples_recipe
+
+    accelerator = accelerator or make_accelerator()
+    if not accelerator.is_main_process:
+        say = _quiet
+    if samples is None:
+        samples = latest_samples()
+        say(f"samples: {samples} (the newest under runs/)")
+    NpzImages(samples)  # a bad file stops here, before the reference is looked for
+    out = out or samples.parent / "eval-fid.json"
+    check_output(out, "--json", folder=False)  # before hours of work, not after
+    sweep(out.parent, recursive=False)
+    recipe, recipe_path = samples_recipe(samples)
+    if reference is None:
+        if recipe is None or not recipe.eval.reference:
+            where = f"eval.reference in {recipe_path}" if recipe else "eval.reference"
+            raise SpherearError(
+                f"no reference for {samples}: pass --ref (an ADM reference batch such as "
+                f"VIRTUAL_imagenet256_labeled.npz, a samples .npz or a prepared dataset folder) "
+                f"or set {where}"
+            )
+        reference = Path(recipe.eval.reference)
+        say(f"reference: {reference} (eval.reference in {recipe_path})")
+    weights = resolve_inception_weights(
+        inception_weights or (recipe.eval.inception_weights if recipe else None)
+    )
+    report = evaluate(samples, reference, weights, extra_features, batch_size, accelerator, warn)
+    if report is None:
+        return None
+    say(format_table(report))
+    write_json(out, report, "eval-fid/report")
+    say(f"wrote {out}")
+    return out
+
+
+def _quiet(message: str) -> None:
+    """What the processes other than the first say."""
+
+
 def evaluate(
     samples: str | Path,
     reference: str | Path,
@@ -35,9 +97,7 @@ def evaluate(
     """Every metric of ``samples`` against ``reference`` as a JSON-ready dict, on the main
     process (None on the others). ``extra_features`` are ``timm:NAME[=WEIGHTS]`` specs;
     ``warn`` hears about a sample count too small for FID once the inputs are checked."""
-    import torch
-    from accelerate import Accelerator
-
+    from spherear.accelerator import make_accelerator
     from spherear.errors import SpherearError
     from spherear.eval import metrics
     from spherear.eval.features import (
@@ -48,7 +108,7 @@ def evaluate(
     )
     from spherear.eval.npz import NpzImages, PreparedReference, open_reference
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator()
     main = accelerator.is_main_process
     sample_images = NpzImages(samples)
     if len(sample_images) < 2:

@@ -24,9 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,8 @@ from spherear.errors import SpherearError
 from spherear.eval.features import cache_dir
 from spherear.eval.metrics import feature_statistics, frechet_distance
 from spherear.eval.npz import NpzImages, PreparedReference, file_sha256
+from spherear.files import atomic_write, check_output, sweep, write_json
+from spherear.runs import latest_samples, samples_recipe
 
 VERSION = 2  # bump when a probe trained by older code must not be reused
 WEIGHTS = "probe.safetensors"
@@ -250,12 +251,6 @@ def _train(
     return net.eval()
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _cached(folder: Path, data: Path, expected: dict) -> Probe | None:
     from safetensors.torch import load_file
 
@@ -314,7 +309,7 @@ def load_or_train(
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    _write_atomic(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp), "probe/weights")
     meta = {
         **expected,
         "settings": dataclasses.asdict(settings),
@@ -332,7 +327,7 @@ def load_or_train(
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     # probe.json last: it names the weights' hash, so a pair cut short is never reused
-    _write_atomic(folder / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    write_json(folder / META, meta, "probe/meta")
     return Probe(net, meta, data, folder, reused=False)
 
 
@@ -475,6 +470,42 @@ def evaluate(
             "settings": m["settings"],
         },
     }
+
+
+def eval_probe(
+    samples: Path | None = None,
+    data: Path | None = None,
+    out: Path | None = None,
+    say: Callable[[str], None] = lambda message: None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """``spherear eval-probe``: ``samples`` (default: the newest under runs/) scored with the
+    probe of ``data`` (default: ``data.prepared`` of the samples' run), trained on mirror
+    images only if that run's ``augment.hflip`` says its classes are flip-invariant. The
+    results are printed (``say``, the warnings to ``warn``) before they are written to
+    ``out`` (default: eval-probe.json beside the samples), so a failed write loses nothing."""
+    if samples is None:
+        samples = latest_samples()
+        say(f"samples: {samples} (the newest under runs/)")
+    recipe, recipe_path = samples_recipe(samples)
+    if data is None:
+        if recipe is None:
+            raise SpherearError(
+                f"no dataset for {samples}: it is not in a run folder with a recipe.toml; pass "
+                "--data (a folder made by `spherear prepare-data`)"
+            )
+        data = Path(recipe.data.prepared)
+        say(f"data: {data} (data.prepared in {recipe_path})")
+    out = out or samples.parent / "eval-probe.json"
+    check_output(out, "--json", folder=False)  # before the work, not after
+    sweep(out.parent, recursive=False)
+    report = evaluate(samples, data, flip_invariant=recipe is not None and recipe.augment.hflip)
+    say(format_table(report))
+    for warning in report["warnings"]:
+        warn(warning)
+    write_json(out, report, "eval-probe/report")
+    say(f"wrote {out}")
+    return out
 
 
 def format_table(report: dict) -> str:

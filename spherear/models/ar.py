@@ -26,21 +26,24 @@ from spherear.models.transformer import Block, RMSNorm, rope_table_2d
 
 
 class SphereAR(nn.Module):
-    def __init__(self, cfg: ARConfig, latent_dim: int, grid_size: int):
-        """``cfg`` must be resolved (``registry.resolve_ar``); the VAE fixes the token grid."""
+    def __init__(self, config: ARConfig, latent_dim: int, grid_size: int):
+        """``config`` must be resolved (``registry.resolve_ar``); the VAE fixes the token grid.
+        (Guidance is a sampling setting, ``SampleConfig.cfg``.)"""
         super().__init__()
-        self.cfg = cfg
+        self.config = config
         self.latent_dim = latent_dim
         self.num_tokens = grid_size**2
-        self.num_prefix = cfg.num_class_tokens
-        w = cfg.width
-        self.cls_embedding = nn.Embedding(cfg.num_classes + 1, cfg.num_class_tokens * w)
+        self.num_prefix = config.num_class_tokens
+        w = config.width
+        self.cls_embedding = nn.Embedding(config.num_classes + 1, config.num_class_tokens * w)
         self.proj_in = nn.Linear(latent_dim, w)
         self.emb_norm = RMSNorm(w)
-        self.layers = nn.ModuleList(Block(w, cfg.num_heads) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(Block(w, config.num_heads) for _ in range(config.depth))
         self.norm = RMSNorm(w)
         self.pos_for_diff = nn.Embedding(self.num_tokens, w)
-        self.head = DiffusionHead(latent_dim, w, cfg.head_width, cfg.head_depth, cfg.head_groups)
+        self.head = DiffusionHead(
+            latent_dim, w, config.head_width, config.head_depth, config.head_groups
+        )
         self.grid_size = grid_size
         # not saved with the weights (the released files lack it): rebuilt by reset_buffers
         self.register_buffer("rope", self._rope_table(), persistent=False)
@@ -48,7 +51,7 @@ class SphereAR(nn.Module):
         self.reset_parameters()
 
     def _rope_table(self) -> torch.Tensor:
-        head_dim = self.cfg.width // self.cfg.num_heads
+        head_dim = self.config.width // self.config.num_heads
         return rope_table_2d(self.grid_size, head_dim, self.num_prefix)
 
     def reset_buffers(self) -> None:
@@ -65,7 +68,7 @@ class SphereAR(nn.Module):
 
     @property
     def null_class(self) -> int:
-        return self.cfg.num_classes
+        return self.config.num_classes
 
     def class_tokens(self, labels: torch.Tensor) -> torch.Tensor:
         return self.cls_embedding(labels).view(len(labels), self.num_prefix, -1)
@@ -103,9 +106,9 @@ class SphereAR(nn.Module):
         label by the null class, ``t`` (B, k, N) and ``noise`` (B, k, N, latent_dim) are the
         flow times and noise of the k = ``diff_batch_mul`` copies of every token.
         """
-        k = self.cfg.diff_batch_mul
+        k = self.config.diff_batch_mul
         if drop is None and self.training:
-            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.class_dropout
+            drop = torch.rand(labels.shape, device=labels.device) < self.config.class_dropout
         if drop is not None:
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         z = self.conditions(tokens, labels)

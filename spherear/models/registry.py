@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from spherear.config import ARConfig, Recipe, RecipeError
+from spherear.config import ARConfig, Recipe, RecipeError, check_head_dim
 
 # depth, heads and width of the causal trunk; res-blocks, width and adaLN groups of the head.
 # tiny is sized for a CPU: its trunk of width 96 learns more per second there than 128.
@@ -28,11 +28,7 @@ def resolve_ar(cfg: ARConfig, where: str = "recipe") -> ARConfig:
         )
     row = AR_SIZES[cfg.size]
     filled = dataclasses.replace(cfg, **{k: v for k, v in row.items() if getattr(cfg, k) is None})
-    if filled.width % filled.num_heads or (filled.width // filled.num_heads) % 4:
-        raise RecipeError(
-            f"{where}: ar.width {filled.width} / ar.num_heads {filled.num_heads} must give a head "
-            "dimension divisible by 4 (2D RoPE splits it in x and y halves)"
-        )
+    check_head_dim(where, ("ar.width", filled.width), ("ar.num_heads", filled.num_heads))
     if filled.head_depth % filled.head_groups:
         raise RecipeError(
             f"{where}: ar.head_depth {filled.head_depth} must be a multiple of "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spherear.files import atomic_write
-from spherear.train.loop import read_metrics
+from spherear.train.metrics import read_metrics
 
 
 def plot_curves(run_dir: str | Path, keys: tuple[str, ...], out_name: str = "curves.png") -> Path:

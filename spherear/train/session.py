@@ -1,4 +1,5 @@
-"""The Accelerate session of a training run: devices, precision, sharding, trackers, grids."""
+"""The Accelerate session of a training run (devices, precision, sharding, trackers) and
+what its run folder records: the recipe, the RoPE rule, which runs may continue in it."""
 
 from __future__ import annotations
 
@@ -6,39 +7,29 @@ import importlib.util
 import json
 from pathlib import Path
 
-import torch
-
+from spherear.accelerator import make_accelerator
 from spherear.checkpoint_header import ROPE_CONVENTION
-from spherear.config import Recipe, TrainConfig, recipe_to_dict, save_recipe
-from spherear.files import atomic_write, write_json
+from spherear.config import Recipe, TrainConfig, load_recipe, recipe_to_dict, save_recipe
+from spherear.files import check_output, differences, write_json
 from spherear.models.registry import spell_out
+from spherear.train import TrainingError
+from spherear.train.state import refuse_pickles
 
 # Beside recipe.toml: what the run's weights depend on beyond the recipe. The AR model's RoPE
 # table is not saved in its checkpoints, so a run started under another rule must not go on.
 RUN_RECORD = "run.json"
 
 
-def make_accelerator(cfg: TrainConfig, run_dir: Path):
+def training_accelerator(cfg: TrainConfig, run_dir: Path):
     """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU;
     TensorBoard (or wandb) tracking through Accelerate."""
-    from accelerate import Accelerator, FullyShardedDataParallelPlugin
-
-    from spherear.train.loop import TrainingError
-
-    cuda = torch.cuda.is_available()
     tracker = None if cfg.log_with == "none" else cfg.log_with
     if tracker and importlib.util.find_spec(tracker) is None:
         raise TrainingError(
             f"train.log_with = {tracker!r} but the {tracker} package is not installed; "
             f"pip install {tracker}, or set train.log_with = 'none'"
         )
-    return Accelerator(
-        cpu=not cuda,
-        mixed_precision=cfg.mixed_precision if cuda else "no",
-        log_with=tracker,
-        project_dir=str(run_dir),
-        fsdp_plugin=FullyShardedDataParallelPlugin() if cfg.fsdp else None,
-    )
+    return make_accelerator(cfg.mixed_precision, cfg.fsdp, tracker, str(run_dir))
 
 
 def trackers(accelerator, recipe: Recipe) -> None:
@@ -59,28 +50,6 @@ def fused_optimizers(accelerator) -> bool:
     return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int, row_labels: list[str] = ()) -> None:
-    """RGB images (N, 3, H, W) in [-1, 1] -> one PNG grid of ``nrow`` images a row with
-    2-pixel black gutters: torchvision's layout and rounding (for N >= 2), without importing
-    torchvision, which costs 4 s a command on a CPU; ``row_labels`` (class names) are written
-    left of their rows. The file appears only when whole."""
-    from PIL import Image
-
-    pad = 2
-    pixels = (((images.detach().float().cpu() + 1) / 2).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    n, c, h, w = pixels.shape
-    cols = min(nrow, n)
-    rows = -(-n // cols)
-    grid = torch.zeros(rows * (h + pad) + pad, cols * (w + pad) + pad, c, dtype=torch.uint8)
-    for i, image in enumerate(pixels):
-        y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
-        grid[y : y + h, x : x + w] = image.permute(1, 2, 0)
-    picture = Image.fromarray(grid.numpy())
-    if row_labels:
-        picture = _label_rows(picture, row_labels, h + pad, pad)
-    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"), "grid")
-
-
 def record_run(recipe: Recipe, run_dir: Path) -> None:
     """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``."""
     save_recipe(spell_out(recipe), run_dir)
@@ -94,32 +63,9 @@ def _rope_of(run_dir: Path) -> str | None:
         return None
 
 
-def _label_rows(grid, labels: list[str], row_height: int, pad: int):
-    """``grid`` with a margin on the left naming each row, vertically centred on it."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    labels = [label if len(label) <= 24 else label[:22] + ".." for label in labels]
-    draw = ImageDraw.Draw(grid)
-    boxes = [draw.textbbox((0, 0), label, font=font) for label in labels]
-    margin = max(box[2] for box in boxes) + 3 * pad
-    out = Image.new("RGB", (grid.width + margin, grid.height))
-    out.paste(grid, (margin, 0))
-    draw = ImageDraw.Draw(out)
-    for r, (label, box) in enumerate(zip(labels, boxes, strict=True)):
-        centre = pad + r * row_height + (row_height - pad) / 2
-        draw.text((pad, centre - (box[1] + box[3]) / 2), label, fill=(255, 255, 255), font=font)
-    return out
-
-
 def check_resume(recipe: Recipe, run_dir: Path) -> None:
     """Before any work: the run folder can be written, holds no pickle, and continues only
     the architecture (and RoPE rule) it was started with."""
-    from spherear.config import load_recipe, recipe_to_dict
-    from spherear.files import check_output
-    from spherear.train.loop import TrainingError
-    from spherear.train.state import refuse_pickles
-
     check_output(run_dir, "run.output_dir")
     refuse_pickles(run_dir)
     saved_path = run_dir / "recipe.toml"
@@ -141,11 +87,9 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
         return {f"{section}.{k}": v for section in ("vae", "ar")
                 for k, v in spelled.get(section, {}).items() if k != "class_names"}  # fmt: skip
 
-    if arch(saved) != arch(recipe):
-        theirs, ours = arch(saved), arch(recipe)
-        differ = [k for k in {**theirs, **ours} if theirs.get(k) != ours.get(k)]
-        listed = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ[:4])
+    differ = differences(arch(saved), arch(recipe), now_word="here")
+    if differ:
         raise TrainingError(
-            f"{run_dir} holds a run of another architecture ({listed}); use another "
+            f"{run_dir} holds a run of another architecture ({differ}); use another "
             "run.output_dir, or the run's own recipe to continue it"
         )

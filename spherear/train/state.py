@@ -41,7 +41,7 @@ from spherear.files import (
     sweep,
     write_json,
 )
-from spherear.train.loop import MetricsLog, StopRequests, TrainingError, stopped
+from spherear.train import TrainingError
 
 FORMAT = "spherear-training-state"
 VERSION = 1
@@ -67,10 +67,12 @@ def refuse_pickles(run_dir: Path) -> None:
 
 @dataclass
 class Part:
-    """A model and the optimizer that trains it (none for a frozen one)."""
+    """A model and the optimizer that trains it (none for a frozen one) from step ``start``
+    on (the discriminator of train-vae starts late)."""
 
     model: torch.nn.Module  # as Accelerate prepared it (DDP or FSDP wrapped, not compiled)
     optimizer: torch.optim.Optimizer | None = None
+    start: int = 0
 
 
 @dataclass
@@ -133,9 +135,10 @@ def _set_rng_states(states: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-class Checkpoints:
-    """``run/checkpoints/step-XXXXXXXX``: written whole or not at all by the main process;
-    only the newest ``keep`` are kept."""
+class TrainingState:
+    """A run's resumable state, ``run/checkpoints/step-XXXXXXXX``: written whole or not at all
+    by the main process; only the newest ``keep`` are kept. (Exports, the weights a run
+    publishes, are ``spherear.checkpoints``.)"""
 
     def __init__(self, run_dir: Path, keep: int, accelerator):
         self.dir = run_dir / "checkpoints"
@@ -202,21 +205,6 @@ class Checkpoints:
                 remove(old, "checkpoint/prune")
         acc.wait_for_everyone()
         return final
-
-    def step_done(self, parts: dict[str, Part], ema, step: int, due: bool, log: MetricsLog,
-                  stop: StopRequests) -> None:  # fmt: skip
-        """The end of a training step: a checkpoint when ``due``; when a signal asked the
-        run to stop, a checkpoint of this step (unless just saved) and ``Stopped``."""
-        if due:
-            log.sync()
-            self.save(parts, ema, step, log.lines)
-        signum = stop.requested(self.accelerator)
-        if signum:
-            if not due:
-                log.sync()
-                self.save(parts, ema, step, log.lines)
-            self.accelerator.end_training()
-            raise stopped(signum, step, self.latest())
 
     def check(self, path: Path) -> str | None:
         """None if the checkpoint ``path`` is whole, else what is wrong with it."""

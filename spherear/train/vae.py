@@ -1,41 +1,28 @@
-"""train-vae: the S-VAE with L1 + LPIPS + PatchGAN (hinge, from ``disc_start``) +
-KL to the uniform distribution on the sphere; two optimisers.
+"""train-vae: the S-VAE with L1 + LPIPS + PatchGAN (hinge, from ``disc_start``) + KL to the
+uniform distribution on the sphere; two optimisers.
 
-``held_out_count`` images of the prepared dataset, a seeded class-stratified choice
-(``spherear.data.splits``), never enter training: PSNR is reported on their centre crops,
-a grid shows the first ``GRID`` of them (as many classes as there are, up to ``GRID``), and
-``held_out.json`` in the run folder lists them and counts them per class.
+What differs from train-ar: augmented views of the prepared images as inputs, the loss
+above, the discriminator as a second part that trains from ``vae_loss.disc_start``, and a
+report on held-out images (``spherear.train.held_out``). The rest is ``spherear.train.loop``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spherear.checkpoints import save_pretrained
-from spherear.config import Recipe, RecipeError
+from spherear.config import Recipe, RecipeError, VAELossConfig
 from spherear.data.prepare import PreparedImages
 from spherear.data.splits import class_counts, held_out_split
-from spherear.data.transforms import center_crop, to_tensor, train_view
-from spherear.files import note, write_json
+from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_vae
-from spherear.train.curves import plot_curves
-from spherear.train.loop import (
-    BatchPlan,
-    MetricsLog,
-    StepBatches,
-    StopRequests,
-    adamw,
-    check_finite,
-    ignore_stop_signals,
-    oom_message,
-    set_lr,
-    steps_per_epoch,
-    total_steps,
-)
+from spherear.train.batches import BatchPlan, StepBatches
+from spherear.train.held_out import HeldOut, held_out_count, write_held_out
+from spherear.train.loop import Loop
 from spherear.train.losses import (
     PatchDiscriminator,
     hinge_d_loss,
@@ -43,22 +30,10 @@ from spherear.train.losses import (
     perceptual_loss,
     vgg_features,
 )
-from spherear.train.session import (
-    check_resume,
-    fused_optimizers,
-    make_accelerator,
-    record_run,
-    save_grid,
-    trackers,
-)
-from spherear.train.state import Checkpoints, Part
+from spherear.train.optim import adamw
+from spherear.train.state import Part
 
-GRID = 8
-MAX_HELD_OUT = 100  # a tenth of the data up to this: enough images for a stable PSNR
-
-
-def held_out_count(num_images: int) -> int:
-    return max(GRID, min(MAX_HELD_OUT, num_images // 10))
+CURVES = ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr")
 
 
 class ImageBatches(StepBatches):
@@ -69,7 +44,7 @@ class ImageBatches(StepBatches):
         super().__init__(len(train), plan, rank, first, last, recipe.run.seed)
         self.recipe, self.images, self.train = recipe, images, train
 
-    def sample(self, index: int, seed: int, epoch: float) -> torch.Tensor:
+    def example(self, index: int, seed: int, epoch: float) -> torch.Tensor:
         aug = self.recipe.augment
         image, _ = self.images[int(self.train[index])]
         decay = (aug.crop_decay_start_epoch, aug.crop_decay_end_epoch)
@@ -78,160 +53,57 @@ class ImageBatches(StepBatches):
         return to_tensor(view)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1], after quantising both to uint8 as saved images are."""
-
-    def quantise(x):
-        return (x.float() * 127.5 + 128).clamp(0, 255).floor()
-
-    mse = (quantise(a) - quantise(b)).square().mean().item()
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 def train_vae(recipe: Recipe, progress: bool = True) -> Path:
-    """Train (or resume) ``recipe``'s S-VAE; returns the export folder."""
-    from tqdm import tqdm
-
+    """Train (or resume) ``recipe``'s S-VAE (``[vae_loss]`` defaults if it has none); returns
+    the export folder."""
+    recipe = dataclasses.replace(recipe, vae_loss=recipe.vae_loss or VAELossConfig())
     cfg, loss_cfg = recipe.train, recipe.vae_loss
     if 0 < loss_cfg.initial_kappa <= 1:
         raise RecipeError(f"vae_loss.initial_kappa must be 0 (default init) or above 1, got "
                           f"{loss_cfg.initial_kappa}")  # fmt: skip
-    run_dir = Path(recipe.run.output_dir)
-    check_resume(recipe, run_dir)
     images = PreparedImages(recipe.data.prepared)
     # weight 0 (the tiny recipe) needs no VGG weights at all; bad ones stop before any work
     vgg = vgg_features(loss_cfg) if loss_cfg.perceptual_weight else None
-    accelerator = make_accelerator(cfg, run_dir)
-    plan = BatchPlan.make(cfg, accelerator.num_processes)
     labels = images.labels()
     train, held = held_out_split(labels, held_out_count(len(images)), recipe.run.seed)
-    per_epoch = steps_per_epoch(len(train), plan.global_batch)
-    total = total_steps(cfg, per_epoch)
-    main = accelerator.is_main_process
-    if main:
-        record_run(recipe, run_dir)
-        _write_held_out(run_dir, held, class_counts(labels[held], images.info["class_names"]))
+    loop = Loop(recipe, "train-vae", len(train), progress)
+    accelerator = loop.accelerator
+    if loop.main:
+        write_held_out(loop.run_dir, held, class_counts(labels[held], images.info["class_names"]))
 
-    torch.manual_seed(recipe.run.seed)
     vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
     if loss_cfg.initial_kappa:
         vae.init_kappa(loss_cfg.initial_kappa)
     # built here, after the seed: its random backbone (tests) draws from the global RNG
     lpips = perceptual_loss(vgg).to(accelerator.device) if loss_cfg.perceptual_weight else None
-    fused = fused_optimizers(accelerator)
-    opt, opt_d = adamw(vae, cfg, fused=fused), adamw(disc, cfg, fused=fused)
+    opt, opt_d = adamw(vae, cfg, fused=loop.fused), adamw(disc, cfg, fused=loop.fused)
     vae, disc, opt, opt_d = accelerator.prepare(vae, disc, opt, opt_d)
-    trained = {"model": Part(vae, opt), "discriminator": Part(disc, opt_d)}
-    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints, accelerator)
-    log = MetricsLog(run_dir, main)
-    resumed = checkpoints.resume(trained, None, say=note if main else lambda message: None)
-    step = resumed.step if resumed else 0
-    log.keep(resumed.metrics_lines if resumed else 0)
-    trackers(accelerator, recipe)
-    held_out = torch.stack([
-        to_tensor(center_crop(images[int(i)][0], recipe.vae.resolution)) for i in held
-    ]).to(accelerator.device)  # fmt: skip
+    first = loop.resume({"model": Part(vae, opt),
+                         "discriminator": Part(disc, opt_d, loss_cfg.disc_start)})  # fmt: skip
+    held_out = HeldOut(images, held, recipe.vae.resolution, accelerator.device)
+    weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
+               "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
 
-    batches = ImageBatches(recipe, images, train, plan, accelerator.process_index, step,
-                           total)  # fmt: skip
-    # its own generator: making the iterator must not consume the global RNG (saved and
-    # restored with checkpoints, it drives the posterior samples)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
-                                         generator=torch.Generator(),
-                                         worker_init_fn=ignore_stop_signals)  # fmt: skip
-    bar = tqdm(total=total, initial=step, unit="step", desc="train-vae",
-               disable=not (progress and main))  # fmt: skip
-    sums: dict[str, float] = {}
-    with StopRequests() as stop:
-        for k, x in enumerate(loader):
-            x = x.to(accelerator.device)
-            micro = k % plan.accumulation
-            last_micro = micro == plan.accumulation - 1
-            adversarial = step >= loss_cfg.disc_start
-            sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(vae)
-            try:
-                with sync, accelerator.autocast():
-                    recon, posterior = vae(x)
-                    parts = {
-                        "l1": (recon.float() - x).abs().mean(),
-                        "kl": posterior.kl().mean(),
-                    }
-                    if lpips is not None:
-                        parts["lpips"] = lpips(recon.float(), x).mean()
-                    parts["g"] = hinge_g_loss(disc(recon)) if adversarial else torch.zeros(())
-                    weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
-                               "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
-                    loss = sum(w * parts[name] for name, w in weights.items() if name in parts)
-                    accelerator.backward(loss / plan.accumulation)
-                if adversarial:
-                    with (contextlib.nullcontext() if last_micro else accelerator.no_sync(disc)), \
-                            accelerator.autocast():  # fmt: skip
-                        d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
-                        accelerator.backward(d_loss / plan.accumulation)
-                    parts["d"] = d_loss
-            except torch.cuda.OutOfMemoryError as e:
-                raise oom_message(e, plan, cfg) from None
-            parts["loss"] = loss
-            for name, v in parts.items():
-                sums[name] = sums.get(name, 0.0) + v.detach().float() / plan.accumulation
-            if not last_micro:
-                continue
-            record = {name: accelerator.reduce(v.to(accelerator.device), "mean").item()
-                      for name, v in sums.items()}  # fmt: skip
-            sums = {}
-            check_finite(record["loss"], step + 1, checkpoints, cfg)
-            lr = set_lr([opt, opt_d], cfg, step, total)
-            accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if adversarial:
-                accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-                opt_d.step()
-                opt_d.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(l1=f"{record['l1']:.4f}", loss=f"{record['loss']:.4f}")
-            if step % cfg.log_every == 0 or step == total:
-                record = {"step": step, **record, "lr": lr}
-                log.write(record)
-                accelerator.log(record, step=step)
-            # the report before the checkpoint: a run resumed from it must not miss it
-            if (cfg.sample_every and step % cfg.sample_every == 0) or step == total:
-                _report(accelerator, vae, held_out, run_dir, step, log)
-            due = step % cfg.checkpoint_every == 0 or step == total
-            checkpoints.step_done(trained, None, step, due, log, stop)
-    bar.close()
-    export = run_dir / "export"
-    if main:
-        save_pretrained(export, recipe, accelerator.unwrap_model(vae).cpu())
-        plot_curves(run_dir, ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return export
+    def forward(x: torch.Tensor, step: int):
+        recon, posterior = vae(x)
+        parts = {"l1": (recon.float() - x).abs().mean(), "kl": posterior.kl().mean()}
+        if lpips is not None:
+            parts["lpips"] = lpips(recon.float(), x).mean()
+        adversarial = step >= loss_cfg.disc_start
+        parts["g"] = hinge_g_loss(disc(recon)) if adversarial else torch.zeros(())
+        loss = sum(w * parts[name] for name, w in weights.items() if name in parts)
+        if not adversarial:
+            return [loss], {**parts, "loss": loss}
+        d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
+        return [loss, d_loss], {**parts, "d": d_loss, "loss": loss}
 
+    def report(step: int) -> None:
+        held_out.report(accelerator, vae, loop.run_dir, step, loop.log)
 
-def _write_held_out(run_dir: Path, held: np.ndarray, per_class: dict[str, int]) -> None:
-    """Which images are held out (in grid order) and how many of each class."""
-    record = {"per_class": per_class, "indices": held.tolist()}
-    write_json(run_dir / "held_out.json", record, "train-vae/held-out")
+    loop.run(ImageBatches(recipe, images, train, loop.plan, accelerator.process_index, first,
+                          loop.total), forward, report)  # fmt: skip
 
+    def save(out: Path) -> None:
+        save_pretrained(out, recipe, accelerator.unwrap_model(vae).cpu())
 
-def _report(accelerator, vae, held_out, run_dir: Path, step: int, log: MetricsLog) -> None:
-    """PSNR on the held-out images and a grid of the first ``GRID``: originals on top,
-    reconstructions below."""
-    if not accelerator.is_main_process:
-        return
-    model = accelerator.unwrap_model(vae)
-    model.eval()
-    with torch.no_grad(), accelerator.autocast():
-        recon = torch.cat([model.decode(model.encode(x).mode()).float().clamp(-1, 1)
-                           for x in held_out.split(GRID)])  # fmt: skip
-    model.train()
-    value = psnr(recon, held_out)
-    log.write({"step": step, "held_out_psnr": value})
-    accelerator.log({"held_out_psnr": value}, step=step)
-    save_grid(
-        torch.cat([held_out[:GRID], recon[:GRID]]),
-        run_dir / "reconstructions" / f"step-{step:08d}.png",
-        nrow=GRID,
-    )
+    return loop.export(save, CURVES)

@@ -71,6 +71,7 @@ def reference(setup):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, reference):
     root, _ = setup
     out = root / "killed"
@@ -83,6 +84,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, reference):
     assert not list(out.glob(".shard-*"))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(setup, reference):
     root, _ = setup
     out = root / "two"

@@ -6,7 +6,7 @@ import pytest
 from spherear.data.splits import class_counts, held_out_split, stratified_choice
 from spherear.eval.features import reference_subset
 from spherear.eval.probe import ProbeSettings, split
-from spherear.train.vae import GRID, held_out_count
+from spherear.train.held_out import GRID, held_out_count
 
 # stored class by class, as a folder: or tar: source stores them
 CLASS_ORDERED = np.repeat(np.arange(5), [50, 30, 10, 7, 3])

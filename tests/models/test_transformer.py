@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from spherear.models.kv_cache import KVCache
-from spherear.models.transformer import Block, apply_rope, rope_table_2d, swiglu_hidden
+from spherear.models.transformer import apply_rope, rope_table_2d, swiglu_hidden
 
 from ..conftest import spec_rope_table
 
@@ -65,23 +64,3 @@ def test_rope_is_relative():
         return (apply_rope(q, table[i : i + 1]) * apply_rope(k, table[j : j + 1])).sum()
 
     torch.testing.assert_close(score(9, 10), score(20, 21))  # same row, columns one apart
-
-
-def test_cached_chunks_equal_full_causal_forward():
-    torch.manual_seed(0)
-    blocks = torch.nn.ModuleList(Block(32, 2) for _ in range(3)).eval()
-    table = rope_table_2d(grid_size=4, head_dim=16, num_prefix=3)
-    x = torch.randn(2, 19, 32)
-    full = x
-    for b in blocks:
-        full = b(full, table, causal=True)
-    cache = KVCache(max_len=19)
-    outs = []
-    for size in (3, 1, 5, 1, 9):  # prefill, single steps and chunks after a prefix
-        start = cache.length
-        h = x[:, start : start + size]
-        for i, b in enumerate(blocks):
-            h = b(h, table[start : start + size], causal=True, cache=cache, layer=i)
-        cache.advance(size)
-        outs.append(h)
-    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)

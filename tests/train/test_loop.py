@@ -1,73 +1,77 @@
+"""The shared loop, in-process on a linear model: micro-batches equal the whole batch, a
+part trains only from its start step, reports and checkpoints come at their cadence and at
+the last step, and a non-finite loss stops the run naming the last good checkpoint."""
+
+from pathlib import Path
+
 import pytest
 import torch
 
-from spherear.config import TrainConfig
-from spherear.train.loop import (
-    EMA,
-    BatchPlan,
-    TrainingError,
-    global_batch_items,
-    item_seed,
-    lr_factor,
-    param_groups,
-    steps_per_epoch,
-)
+from spherear.config import Recipe, RunConfig, TrainConfig
+from spherear.train import TrainingError
+from spherear.train.batches import StepBatches
+from spherear.train.loop import Loop
+from spherear.train.metrics import read_metrics
+from spherear.train.optim import adamw
+from spherear.train.state import Part
 
 
-def test_batch_plan_fills_the_global_batch_with_accumulation():
-    cfg = TrainConfig(global_batch_size=512, micro_batch_size=32)
-    assert BatchPlan.make(cfg, 8).accumulation == 2
-    assert BatchPlan.make(cfg, 1).accumulation == 16
-    plan = BatchPlan.make(cfg, 4)
-    covered = sorted(p for r in range(4) for m in range(plan.accumulation)
-                     for p in plan.positions(r, m))  # fmt: skip
-    assert covered == list(range(512))
-    with pytest.raises(TrainingError, match="not a multiple of train.micro_batch_size 32 x 3"):
-        BatchPlan.make(cfg, 3)
+class Points(StepBatches):
+    def example(self, index: int, seed: int, epoch: float) -> torch.Tensor:
+        return torch.randn(3, generator=torch.Generator().manual_seed(seed))
 
 
-def test_each_epoch_visits_every_item_once():
-    plan = BatchPlan.make(TrainConfig(global_batch_size=10, micro_batch_size=10), 1)
-    per_epoch = steps_per_epoch(35, 10)
-    assert per_epoch == 3
-    seen = [i for s in range(per_epoch) for i in global_batch_items(35, plan, 0, s, per_epoch)[0]]
-    assert len(set(seen)) == 30
-    second = global_batch_items(35, plan, 0, per_epoch, per_epoch)
-    assert second[1] == 1.0 and second[0] != global_batch_items(35, plan, 0, 0, per_epoch)[0]
-    with pytest.raises(TrainingError, match="fewer than train.global_batch_size"):
-        steps_per_epoch(5, 10)
+def train(run: Path, micro: int = 8, late: int = 0, nan_at: int = -1, **settings):
+    """Six steps of a linear fit (and of a second part from step ``late``); returns the
+    loop, the steps reported and the two models."""
+    cfg = TrainConfig(global_batch_size=8, micro_batch_size=micro, max_steps=6, lr=1e-2,
+                      warmup_steps=0, log_every=1, checkpoint_every=4, sample_every=4,
+                      num_workers=0, mixed_precision="no", log_with="none", **settings)  # fmt: skip
+    loop = Loop(Recipe(run=RunConfig(output_dir=str(run)), train=cfg), "test", 32, progress=False)
+    model, other = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    start = [p.detach().clone() for p in other.parameters()]
+    opt, opt_other = adamw(model, cfg, fused=False), adamw(other, cfg, fused=False)
+    model, other, opt, opt_other = loop.accelerator.prepare(model, other, opt, opt_other)
+    first = loop.resume({"model": Part(model, opt), "other": Part(other, opt_other, late)})
+
+    def forward(x: torch.Tensor, step: int):
+        loss = (model(x).squeeze(-1) - x.sum(-1)).square().mean()
+        loss = loss + 0 * other(x).sum() + (float("nan") if step == nan_at else 0)
+        return [loss], {"loss": loss, "mean": x.mean()}
+
+    reports = []
+    loop.run(Points(32, loop.plan, 0, first, loop.total, 0), forward, reports.append)
+    loop.export(lambda out: out.mkdir(), ("loss",))
+    moved = any(not torch.equal(a, b) for a, b in zip(start, other.parameters(), strict=True))
+    return loop, reports, model, moved
 
 
-def test_item_seeds_differ_by_step_and_position():
-    seeds = {item_seed(0, s, p) for s in range(20) for p in range(20)}
-    assert len(seeds) == 400 and item_seed(0, 3, 4) == item_seed(0, 3, 4)
+def test_micro_batches_equal_the_whole_batch(tmp_path):
+    _, _, whole, _ = train(tmp_path / "whole")
+    _, _, halves, _ = train(tmp_path / "halves", micro=4)
+    one, two = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "halves")
+    assert [r["step"] for r in one if "loss" in r] == list(range(1, 7))
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in ("loss", "mean", "grad_norm"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    for a, b in zip(whole.parameters(), halves.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert list(one[-1]) == ["step", "weights_checksum_per_rank"]
 
 
-def test_warmup_then_cosine_to_min_lr():
-    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, lr_schedule="cosine")
-    assert lr_factor(0, cfg, 110) == pytest.approx(0.1)
-    assert lr_factor(9, cfg, 110) == pytest.approx(1.0)
-    assert lr_factor(60, cfg, 110) == pytest.approx((1 + 0.01) / 2)
-    assert lr_factor(110, cfg, 110) == pytest.approx(0.01)
-    constant = TrainConfig(lr=1e-3, warmup_steps=0, lr_schedule="constant")
-    assert lr_factor(500, constant, 110) == 1.0
+def test_reports_and_checkpoints_at_their_cadence_and_at_the_last_step(tmp_path):
+    loop, reports, _, moved = train(tmp_path / "run", late=100)
+    assert reports == [4, 6]
+    assert [p.name for p in loop.state.all()] == ["step-00000004", "step-00000006"]
+    assert (tmp_path / "run" / "export").is_dir() and (tmp_path / "run" / "curves.png").is_file()
+    assert not moved  # a part whose start is not reached never steps
+    assert train(tmp_path / "early", late=2)[3]
 
 
-def test_no_decay_on_norms_biases_and_named_modules():
-    model = torch.nn.ModuleDict({"proj_in": torch.nn.Linear(3, 4), "body": torch.nn.Linear(4, 4),
-                                 "norm": torch.nn.LayerNorm(4)})  # fmt: skip
-    decay, keep = param_groups(model, 0.05, ("proj_in",))
-    assert [p.shape for p in decay["params"]] == [(4, 4)]
-    assert len(keep["params"]) == 5 and keep["weight_decay"] == 0.0
-
-
-def test_ema_moves_towards_the_weights():
-    model = torch.nn.Linear(2, 2)
-    ema = EMA(model, 0.9)
-    start = ema.shadow["weight"].clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ema.update(model)
-    torch.testing.assert_close(ema.shadow["weight"], start + 0.1)
-    state = ema.full_state(model)
-    torch.testing.assert_close(state["weight"], start + 0.1)
+def test_a_non_finite_loss_stops_at_its_step_keeping_the_last_checkpoint(tmp_path):
+    with pytest.raises(TrainingError, match="loss is nan at step 6: training stopped and the "
+                       "last good checkpoint, .*step-00000004, is intact"):  # fmt: skip
+        train(tmp_path / "run", nan_at=5)
+    assert not (tmp_path / "run" / "export").exists()
