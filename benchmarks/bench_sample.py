@@ -17,6 +17,9 @@ median of each and their ratio, with the load average before and after. Its ms p
 is a steady decoding step: the time of the first ``--prefix-tokens`` tokens less that of the
 first one (which also holds the prefill of the class tokens), per token; ``first_token_ms``
 is that first one. ``--also 'heun 8'`` adds arms of today's loop with other samplers.
+``--clock cpu`` times with the process's CPU time instead of the wall clock: with one torch
+thread (OMP_NUM_THREADS=1) it hardly moves when other processes share the cores, where
+wall-clock medians on a loaded machine can swing by 2x between repeats.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,6 +48,7 @@ from spherear.sample import noise_generators, to_uint8
 
 CFG, SCHEDULE, STEPS, SAMPLER = 4.5, "linear", 100, "sde"
 PAPER = SampleConfig(cfg=CFG, cfg_schedule=SCHEDULE, steps=STEPS, sampler=SAMPLER)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def log(msg: str) -> None:
@@ -51,7 +56,13 @@ def log(msg: str) -> None:
 
 
 def token_seconds(
-    loaded: Loaded, batch: int, k: int, accelerator, loop: str = "current", settings=PAPER
+    loaded: Loaded,
+    batch: int,
+    k: int,
+    accelerator,
+    loop: str = "current",
+    settings=PAPER,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Seconds of decoding the first ``k`` tokens of a batch, per-image generators, with
     today's loop (``current``) or the paper's plain one (``reference``)."""
@@ -59,7 +70,7 @@ def token_seconds(
     labels = torch.arange(batch, device=device) % loaded.recipe.ar.num_classes
     generators = noise_generators(0, range(batch), device)
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     limited = first_tokens_only(loaded.ar, k)
     with contextlib.suppress(_EnoughTokens), limited, torch.no_grad(), accelerator.autocast():
         if loop == "reference":
@@ -67,7 +78,7 @@ def token_seconds(
         else:
             loaded.ar.sample(labels, settings, generators)
     sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def decode_seconds(loaded: Loaded, batch: int, accelerator) -> float:
@@ -105,17 +116,19 @@ def bench(size: str, batches: list[int], prefix: int, accelerator) -> dict:
     return out
 
 
-def vae_seconds(vae, batch: int, resolution: int, encode: bool, reference: bool) -> float:
+def vae_seconds(
+    vae, batch: int, resolution: int, encode: bool, clock: Callable[[], float], reference: bool
+) -> float:
     """Seconds of one VAE encode or decode of a batch. ``reference``: spherear 0.1's layout,
     which train mode keeps (eval-mode encoding feeds channels-last images)."""
     vae.train(reference)
     images = torch.rand(batch, 3, resolution, resolution) * 2 - 1
     tokens = to_sphere(torch.randn(batch, vae.cfg.num_tokens, vae.cfg.latent_dim))
-    start = time.perf_counter()
+    start = clock()
     with torch.no_grad():
         vae.encode(images).mu if encode else vae.decode(tokens)
     vae.eval()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _interleaved(arms: dict, repeats: int, name: str) -> dict[str, list[float]]:
@@ -139,7 +152,8 @@ def _row(times: dict[str, list[float]], unit: str) -> dict:
 
 
 def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compile: bool,
-            also: list[SampleConfig], accelerator) -> dict:  # fmt: skip
+            also: list[SampleConfig], accelerator,
+            clock: Callable[[], float] = time.perf_counter) -> dict:  # fmt: skip
     """Medians of ms per token of each loop (and of the VAE's encode and decode), timed in
     turn, and the speed-ups over the paper's plain loop."""
     recipe = load_recipe(RECIPES / SIZES[size])
@@ -165,7 +179,8 @@ def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compi
                 row[f"{arm}_warmup_seconds"] = sig(time.perf_counter() - start)
         # the prefill of the class tokens and the first token, then k tokens: their difference
         # is k - 1 steady decoding steps; a whole image costs the first plus N - 1 of those
-        arms = {f"{arm}@{j}": functools.partial(token_seconds, loaded, batch, j, accelerator, *how)
+        arms = {f"{arm}@{j}": functools.partial(token_seconds, loaded, batch, j, accelerator,
+                                                *how, clock)
                 for arm, how in paper.items() for j in (1, k)}  # fmt: skip
         times = _interleaved(arms, repeats, f"{size}: batch {batch}")
         steady = {arm: [1000 * (b - a) / (k - 1) for a, b in
@@ -176,7 +191,7 @@ def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compi
                                  for arm in paper}  # fmt: skip
         for what in ("encode", "decode") if device.type == "cpu" else ():  # a CPU question
             timed = functools.partial(vae_seconds, loaded.vae, batch, recipe.vae.resolution,
-                                      what == "encode")  # fmt: skip
+                                      what == "encode", clock)  # fmt: skip
             arms = {"reference": functools.partial(timed, True),
                     "current": functools.partial(timed, False)}  # fmt: skip
             row[f"vae_{what}"] = _row(_interleaved(arms, repeats, f"{size}: {what}"), "seconds")
@@ -201,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="with --compare: timings per arm")
     p.add_argument("--also", nargs="*", default=[], metavar="'SAMPLER STEPS [LAST]'",
                    help="with --compare: more arms of today's loop, e.g. 'heun 8'")  # fmt: skip
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="with --compare: wall clock, or this process's CPU time")  # fmt: skip
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
@@ -210,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_num_threads": torch.get_num_threads(),
+            "clock": args.clock,
             "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
             "torch": torch.__version__,
         },
@@ -232,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.compile,
                 [_settings(a) for a in args.also],
                 accelerator,
+                CLOCKS[args.clock],
             )
             for s in args.sizes
         }
