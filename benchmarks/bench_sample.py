@@ -92,12 +92,16 @@ def decode_seconds(loaded: Loaded, batch: int, accelerator) -> float:
     return time.perf_counter() - start
 
 
-def bench(size: str, batches: list[int], prefix: int, accelerator) -> dict:
+def random_models(size: str, device: torch.device) -> Loaded:
+    """The size's recipe with seeded random weights: speed does not depend on them."""
     recipe = load_recipe(RECIPES / SIZES[size])
     torch.manual_seed(0)
-    device = accelerator.device
-    loaded = Loaded(recipe, build_vae(recipe).to(device).eval(), build_ar(recipe).to(device).eval(),
-                    "random weights")  # fmt: skip
+    vae, ar = build_vae(recipe).to(device).eval(), build_ar(recipe).to(device).eval()
+    return Loaded(recipe, vae, ar, "random weights")
+
+
+def bench(size: str, batches: list[int], prefix: int, accelerator) -> dict:
+    loaded = random_models(size, accelerator.device)
     n = loaded.ar.num_tokens
     k = n if size == "tiny" else min(prefix, n)
     out = {"recipe": f"recipes/{SIZES[size]}", "num_tokens": n, "tokens_timed": k,
@@ -156,11 +160,8 @@ def compare(size: str, batches: list[int], prefix: int, repeats: int, with_compi
             clock: Callable[[], float] = time.perf_counter) -> dict:  # fmt: skip
     """Medians of ms per token of each loop (and of the VAE's encode and decode), timed in
     turn, and the speed-ups over the paper's plain loop."""
-    recipe = load_recipe(RECIPES / SIZES[size])
-    torch.manual_seed(0)
-    device = accelerator.device
-    loaded = Loaded(recipe, build_vae(recipe).to(device).eval(), build_ar(recipe).to(device).eval(),
-                    "random weights")  # fmt: skip
+    loaded = random_models(size, accelerator.device)
+    recipe, device = loaded.recipe, accelerator.device
     n = loaded.ar.num_tokens
     k = n if size == "tiny" else max(2, min(prefix, n))
     paper = {"reference": ("reference", PAPER), "current": ("current", PAPER)}
