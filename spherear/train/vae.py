@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import save_pretrained
-from spherear.config import Recipe, RecipeError
+from spherear.config import Recipe, RecipeError, VAEConfig
 from spherear.data.prepare import PreparedImages
 from spherear.data.splits import class_counts, held_out_split
 from spherear.data.transforms import center_crop, to_tensor, train_view
@@ -54,6 +54,7 @@ from spherear.train.session import (
 
 GRID = 8
 MAX_HELD_OUT = 100  # a tenth of the data up to this: enough images for a stable PSNR
+CODE_IMAGES = 2000  # fit the initial patch code (vae_loss.initial_code) to this many
 
 
 def held_out_count(num_images: int) -> int:
@@ -95,6 +96,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     if 0 < loss_cfg.initial_kappa <= 1:
         raise RecipeError(f"vae_loss.initial_kappa must be 0 (default init) or above 1, got "
                           f"{loss_cfg.initial_kappa}")  # fmt: skip
+    if loss_cfg.initial_code == "pca":
+        check_patch_code(recipe.vae)
     run_dir = Path(recipe.run.output_dir)
     check_resume(recipe, run_dir)
     accelerator = make_accelerator(cfg, run_dir)
@@ -113,6 +116,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
     if loss_cfg.initial_kappa:
         vae.init_kappa(loss_cfg.initial_kappa)
+    if loss_cfg.initial_code == "pca":
+        vae.init_patch_code(_code_images(images, train, recipe))
     # weight 0 (the tiny recipe) needs no VGG weights at all
     lpips = perceptual_loss(loss_cfg).to(accelerator.device) if loss_cfg.perceptual_weight else None
     fused = fused_optimizers(accelerator)
@@ -202,6 +207,33 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export
+
+
+def check_patch_code(cfg: VAEConfig) -> None:
+    """What ``vae_loss.initial_code = "pca"`` needs of the architecture, as one-line errors."""
+    p = cfg.patch_size
+    if not cfg.patch_shortcut:
+        raise RecipeError('vae_loss.initial_code = "pca" fits the patch shortcut: set '
+                          'vae.patch_shortcut = true (or initial_code = "random")')  # fmt: skip
+    if cfg.latent_dim - 1 > 3 * p * p:
+        raise RecipeError(
+            f'vae_loss.initial_code = "pca": vae.latent_dim {cfg.latent_dim} is more than one '
+            f"above the {3 * p * p} numbers of a {p}x{p} RGB patch; lower vae.latent_dim"
+        )
+    if cfg.latent_dim > cfg.width:
+        raise RecipeError(
+            f'vae_loss.initial_code = "pca": vae.latent_dim {cfg.latent_dim} exceeds the width '
+            f"{cfg.width} (the last of vae.channels); lower vae.latent_dim or widen the VAE"
+        )
+
+
+def _code_images(images: PreparedImages, train: np.ndarray, recipe: Recipe) -> torch.Tensor:
+    """Centre crops of up to CODE_IMAGES training images (a seeded choice) for the initial
+    patch code; never held-out ones."""
+    rng = np.random.default_rng(recipe.run.seed)
+    chosen = np.sort(rng.permutation(train)[:CODE_IMAGES])
+    size = recipe.vae.resolution
+    return torch.stack([to_tensor(center_crop(images[int(i)][0], size)) for i in chosen])
 
 
 def _write_held_out(run_dir: Path, held: np.ndarray, per_class: dict[str, int]) -> None:

@@ -1,6 +1,8 @@
 """train-vae on CPU: exact resume after SIGKILL, with the discriminator switched on."""
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +10,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from spherear.config import load_recipe, save_recipe
+from spherear.config import RecipeError, load_recipe, save_recipe
 from spherear.data.prepare import prepare_dataset
 from spherear.train.loop import read_metrics
-from spherear.train.vae import held_out_count
+from spherear.train.vae import check_patch_code, held_out_count
 
 from ..conftest import kill_when
 
@@ -28,7 +30,8 @@ def workspace(tmp_path_factory):
         ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", f"data.prepared={root / 'data'}",
          "vae_loss.perceptual_random=true", "vae_loss.disc_start=3",
-         "vae_loss.disc_channels=8", "train.global_batch_size=8", "train.micro_batch_size=4",
+         "vae_loss.disc_channels=8", "vae_loss.initial_code=pca", "train.global_batch_size=8",
+         "train.micro_batch_size=4",
          f"train.max_steps={STEPS}", "train.warmup_steps=0", "train.log_every=1",
          "train.checkpoint_every=4", "train.num_workers=0", "train.sample_every=0"],
     )  # fmt: skip
@@ -76,3 +79,18 @@ def test_missing_vgg_weights_is_one_line(workspace):
 
 def test_held_out_share_is_a_tenth_of_the_data_between_8_and_100_images():
     assert [held_out_count(n) for n in (48, 500, 5000, 1_281_167)] == [8, 50, 100, 100]
+
+
+def test_a_pca_code_the_vae_cannot_hold_is_one_line(workspace):
+    out = subprocess.run([*_cmd(workspace, "nocode"), "--set", "vae.patch_shortcut=false"],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "fits the patch shortcut: set vae.patch_shortcut = true" in out.stderr
+    assert not (workspace / "nocode").exists()
+    vae = load_recipe(workspace / "recipe.toml").vae
+    for change, message in [
+        ({"latent_dim": 50}, "latent_dim 50 is more than one above the 48 numbers of a 4x4 RGB"),
+        ({"channels": (8, 16, 8)}, "latent_dim 16 exceeds the width 8 (the last of vae.channels)"),
+    ]:
+        with pytest.raises(RecipeError, match=re.escape(message)):
+            check_patch_code(dataclasses.replace(vae, **change))
