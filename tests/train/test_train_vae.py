@@ -27,7 +27,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_vae")
     recipe = load_recipe(
         ROOT / "recipes" / "tiny.toml",
-        ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
+        ["vae.channels=[8, 16, 16]", "vae.latent_dim=16", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", f"data.prepared={root / 'data'}",
          "vae_loss.perceptual_random=true", "vae_loss.disc_start=3",
          "vae_loss.disc_channels=8", "vae_loss.initial_code=pca", "train.global_batch_size=8",
