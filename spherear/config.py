@@ -159,6 +159,10 @@ class VAELossConfig:
     # Short runs set it higher: kappa grows by small steps, and diffuse posteriors blur
     # reconstructions and make noisy targets for the AR model.
     initial_kappa: float = bounded(0.0, 0)
+    # the untrained code: "random" (default init) or "pca", a linear code of each token's
+    # patch fitted to training images (SphericalVAE.init_patch_code; needs vae.patch_shortcut):
+    # a short run then starts near the best linear code instead of learning one from scratch
+    initial_code: Literal["random", "pca"] = "random"
 
 
 @dataclass

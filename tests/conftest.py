@@ -23,6 +23,8 @@ def tiny_recipe() -> Recipe:
         ROOT / "recipes" / "tiny.toml",
         [
             "vae.channels=[16, 32, 32]",
+            # the tests below were worked out for tokens of dimension 16 (radius 4)
+            "vae.latent_dim=16",
             "vae.num_heads=2",
             "vae.encoder_depth=1",
             "vae.decoder_depth=1",

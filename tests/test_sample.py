@@ -31,7 +31,8 @@ def _make_run(run: Path, seed: int) -> None:
         ROOT / "recipes" / "tiny.toml",
         ["vae.channels=[16, 32, 32]", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", "ar.depth=2", "ar.num_heads=2", "ar.width=32",
-         "ar.head_depth=2", "ar.head_width=32", "ar.head_groups=2", "sample.steps=2"],
+         "ar.head_depth=2", "ar.head_width=32", "ar.head_groups=2", "sample.steps=2",
+         "sample.sampler=sde"],
     )  # fmt: skip
     torch.manual_seed(seed)
     vae, ar = build_vae(recipe), build_ar(recipe)

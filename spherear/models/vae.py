@@ -179,6 +179,51 @@ class SphericalVAE(nn.Module):
         y = kappa - 1.0  # softplus^-1(y) = log(e^y - 1), written not to overflow
         self.quant_proj.bias[-1] = y + math.log(-math.expm1(-y))
 
+    @torch.no_grad()
+    def init_patch_code(self, images: torch.Tensor) -> None:
+        """Start as a linear code of each token's pixel patch, fitted to ``images`` (B, 3, H, W)
+        in [-1, 1]: a patch's first latent_dim - 1 principal coordinates and a constant, on the
+        sphere; the decoder, the least-squares linear map from that code back to the patch.
+        Through the patch shortcut alone: the conv paths start silent (their last layers are
+        zeroed) and learn what the linear code misses. Keeps the kappa output's bias
+        (``init_kappa``) and makes kappa the same for every token."""
+        cfg = self.cfg
+        p, d, width = cfg.patch_size, cfg.latent_dim, cfg.width
+        if not cfg.patch_shortcut or d - 1 > 3 * p * p or d > width:
+            raise ValueError(
+                f"a patch code needs the patch shortcut, latent_dim - 1 <= 3 x patch_size^2 "
+                f"= {3 * p * p} and latent_dim <= width = {width}; got latent_dim {d}"
+            )
+        patches = F.unfold(images.double(), p, stride=p).transpose(1, 2).reshape(-1, 3 * p * p)
+        mean = patches.mean(0)
+        _, _, vh = torch.linalg.svd(patches - mean, full_matrices=False)
+        basis = vh[: d - 1]  # (d - 1, 3 p p), the principal directions
+        coords = (patches - mean) @ basis.T
+        # the constant as large as a typical patch's coordinates: the code then spans a good
+        # part of the sphere, and its direction still tells a faint patch from a strong one
+        scale = coords.norm(dim=1).median().clamp_min(1e-8)
+        code = F.normalize(torch.cat([coords / scale, torch.ones_like(coords[:, :1])], 1), dim=1)
+        code = torch.cat([code * math.sqrt(d), torch.ones_like(code[:, :1])], 1)
+        decoder = torch.linalg.lstsq(code, patches).solution  # (d + 1, 3 p p)
+
+        def put(layer: nn.Module, weight: torch.Tensor) -> None:
+            layer.weight.zero_()
+            layer.weight[: len(weight)] = weight.reshape(len(weight), *layer.weight.shape[1:])
+
+        enc, dec = self.encoder, self.decoder
+        enc.output.weight.zero_()
+        put(enc.patch_in, torch.cat([basis / scale, torch.zeros_like(basis[:1])]))
+        enc.patch_in.bias.zero_()
+        enc.patch_in.bias[:d] = torch.cat([-(basis @ mean) / scale, mean.new_ones(1)])
+        self.quant_proj.weight.zero_()
+        self.quant_proj.weight[:d, :d] = torch.eye(d)
+        self.quant_proj.bias[:d] = 0
+        self.post_quant_proj.weight[:d] = torch.eye(d)
+        self.post_quant_proj.weight[d:] = 0
+        dec.conv_out[-1].weight.zero_()
+        put(dec.patch_out, decoder[:d])
+        dec.patch_out.bias.copy_(decoder[d].reshape(3, p * p).mean(1))
+
     def encode(self, images: torch.Tensor) -> SphericalPosterior:
         """images (B, 3, H, W) in [-1, 1] -> posterior over (B, num_tokens, latent_dim)."""
         if not self.training:

@@ -31,6 +31,7 @@ from spherear.train.losses import (
     vgg_features,
 )
 from spherear.train.optim import adamw
+from spherear.train.patch_code import check_patch_code, code_images
 from spherear.train.state import Part
 
 CURVES = ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr")
@@ -61,6 +62,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     if 0 < loss_cfg.initial_kappa <= 1:
         raise RecipeError(f"vae_loss.initial_kappa must be 0 (default init) or above 1, got "
                           f"{loss_cfg.initial_kappa}")  # fmt: skip
+    if loss_cfg.initial_code == "pca":
+        check_patch_code(recipe.vae)
     images = PreparedImages(recipe.data.prepared)
     # weight 0 (the tiny recipe) needs no VGG weights at all; bad ones stop before any work
     vgg = vgg_features(loss_cfg) if loss_cfg.perceptual_weight else None
@@ -74,6 +77,8 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
     if loss_cfg.initial_kappa:
         vae.init_kappa(loss_cfg.initial_kappa)
+    if loss_cfg.initial_code == "pca":
+        vae.init_patch_code(code_images(images, train, recipe))
     # built here, after the seed: its random backbone (tests) draws from the global RNG
     lpips = perceptual_loss(vgg).to(accelerator.device) if loss_cfg.perceptual_weight else None
     opt, opt_d = adamw(vae, cfg, fused=loop.fused), adamw(disc, cfg, fused=loop.fused)

@@ -40,8 +40,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     recipe = load_recipe(
         Path(__file__).resolve().parents[2] / "recipes" / "tiny.toml",
-        ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
-         "vae.decoder_depth=1", "cache.shard_size=6", "cache.batch_size=4",
+        ["vae.channels=[8, 16, 16]", "vae.latent_dim=16", "vae.num_heads=2",
+         "vae.encoder_depth=1", "vae.decoder_depth=1", "cache.shard_size=6", "cache.batch_size=4",
          "cache.random_crops=1", "augment.hflip=true"],
     )  # fmt: skip
     torch.manual_seed(0)

@@ -1,6 +1,8 @@
 import dataclasses
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from spherear.config import VAEConfig
@@ -76,11 +78,21 @@ def test_patch_shortcut_is_off_by_default_and_adds_only_two_linear_maps(tiny_rec
     assert shortcut.encoder.patch_in.weight.shape == (cfg.width, 3, p, p)
 
 
-def _fit(cfg: VAEConfig, images: torch.Tensor, steps: int) -> float:
-    """Held-out L1 after ``steps`` Adam steps on the first images (the last 8 held out)."""
+def _synthetic(n: int) -> torch.Tensor:
+    return torch.stack([
+        torch.from_numpy(render(0, i, 32)[0]).permute(2, 0, 1).float() / 127.5 - 1
+        for i in range(n)
+    ])  # fmt: skip
+
+
+def _fit(cfg: VAEConfig, images: torch.Tensor, steps: int, pca: bool = False) -> float:
+    """Held-out L1 after ``steps`` Adam steps on the first images (the last 8 held out),
+    from the default init or (``pca``) the patch code of the training images."""
     torch.manual_seed(0)
     vae = SphericalVAE(cfg)
     vae.init_kappa(1000.0)
+    if pca:
+        vae.init_patch_code(images[:-8])
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
     train, held_out = images[:-8], images[-8:]
     for step in range(steps):
@@ -97,12 +109,65 @@ def test_patch_shortcut_learns_textures_faster(tiny_recipe):
     """Why the tiny recipes switch it on: on the synthetic classes (stripes, checkerboards
     and dots among them) the convs alone need many steps, and a linear patch code of each
     token's pixels holds most of an image at once."""
-    images = torch.stack([
-        torch.from_numpy(render(0, i, 32)[0]).permute(2, 0, 1).float() / 127.5 - 1
-        for i in range(72)
-    ])  # fmt: skip
+    images = _synthetic(72)
     cfg = dataclasses.replace(tiny_recipe.vae, encoder_depth=0, decoder_depth=0,
                               patch_shortcut=False)  # fmt: skip
     plain = _fit(cfg, images, 40)
     shortcut = _fit(dataclasses.replace(cfg, patch_shortcut=True), images, 40)
     assert shortcut < 0.8 * plain, (shortcut, plain)
+    # and starting from the patches' principal components (what the tiny recipe does) is
+    # better still: the shortcut need not find the linear code first
+    pca = _fit(dataclasses.replace(cfg, patch_shortcut=True), images, 40, pca=True)
+    assert pca < 0.8 * shortcut, (pca, shortcut)
+
+
+def _patches(images: torch.Tensor, p: int) -> np.ndarray:
+    """(B * tokens, 3 p p) pixel patches in raster order, by plain reshapes."""
+    x = images.double().numpy()
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, c * p * p)
+
+
+def test_patch_code_is_the_principal_coordinates_and_a_least_squares_decoder(tiny_recipe):
+    cfg = tiny_recipe.vae
+    d, p = cfg.latent_dim, cfg.patch_size
+    images = _synthetic(60)
+    torch.manual_seed(0)
+    vae = SphericalVAE(cfg)
+    vae.init_kappa(3000.0)
+    vae.init_patch_code(images)
+    with torch.no_grad():
+        posterior = vae.encode(images)
+        recon = vae.decode(posterior.mode())
+    kappa = posterior.kappa
+    assert torch.allclose(kappa, torch.full_like(kappa, 3000.0), rtol=0.01)
+
+    # the code, off the sphere (the last coordinate is the constant), spans exactly the
+    # top d - 1 principal directions of the patches (numpy's SVD)
+    patches = _patches(images, p)
+    centred = patches - patches.mean(0)
+    basis = np.linalg.svd(centred, full_matrices=False)[2][: d - 1]
+    mu = posterior.mu.double().reshape(-1, d).numpy()
+    coords = mu[:, :-1] / mu[:, -1:]
+    target = centred @ basis.T
+    fit = np.linalg.lstsq(coords, target, rcond=None)[0]
+    assert np.abs(coords @ fit - target).max() < 1e-4 * np.abs(target).max()
+    assert np.linalg.matrix_rank(coords, tol=1e-6) == d - 1
+
+    # the decoder starts as the linear map from the code: as close to the patches as the
+    # least-squares affine map, which has one intercept per pixel where ours has one per channel
+    z = posterior.mode().double().reshape(-1, d).numpy()
+    design = np.concatenate([z, np.ones((len(z), 1))], 1)
+    best = design @ np.linalg.lstsq(design, patches, rcond=None)[0]
+    ours = _patches(recon, p)
+    assert np.square(ours - patches).mean() <= 1.02 * np.square(best - patches).mean()
+    assert np.abs(ours - design @ np.linalg.lstsq(design, ours, rcond=None)[0]).max() < 1e-4
+
+
+def test_patch_code_needs_the_shortcut_and_room_for_the_code(tiny_recipe):
+    images = _synthetic(4)
+    for change in ({"patch_shortcut": False}, {"latent_dim": 50}, {"latent_dim": 40}):
+        vae = SphericalVAE(dataclasses.replace(tiny_recipe.vae, **change))
+        with pytest.raises(ValueError, match="patch code needs the patch shortcut"):
+            vae.init_patch_code(images)

@@ -20,7 +20,7 @@ def ar_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_ar")
     recipe = load_recipe(
         ROOT / "recipes" / "tiny.toml",
-        ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
+        ["vae.channels=[8, 16, 16]", "vae.latent_dim=16", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", "ar.depth=2", "ar.num_heads=2", "ar.width=32",
          "ar.head_depth=2", "ar.head_width=32", "ar.head_groups=1", "ar.diff_batch_mul=4",
          f"data.prepared={root / 'data'}", f"data.latents={root / 'latents'}",

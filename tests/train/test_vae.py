@@ -26,10 +26,11 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_vae")
     recipe = load_recipe(
         ROOT / "recipes" / "tiny.toml",
-        ["vae.channels=[8, 16, 16]", "vae.num_heads=2", "vae.encoder_depth=1",
+        ["vae.channels=[8, 16, 16]", "vae.latent_dim=16", "vae.num_heads=2", "vae.encoder_depth=1",
          "vae.decoder_depth=1", f"data.prepared={root / 'data'}",
          "vae_loss.perceptual_random=true", "vae_loss.disc_start=3",
-         "vae_loss.disc_channels=8", "train.global_batch_size=8", "train.micro_batch_size=4",
+         "vae_loss.disc_channels=8", "vae_loss.initial_code=pca", "train.global_batch_size=8",
+         "train.micro_batch_size=4",
          f"train.max_steps={STEPS}", "train.warmup_steps=0", "train.log_every=1",
          "train.checkpoint_every=4", "train.num_workers=0", "train.sample_every=0"],
     )  # fmt: skip
@@ -73,3 +74,11 @@ def test_missing_vgg_weights_is_one_line(workspace):
     )  # fmt: skip
     assert out.returncode == 2 and "vgg16-397923af.pth" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_pca_code_the_vae_cannot_hold_is_one_line(workspace):
+    out = subprocess.run([*_cmd(workspace, "nocode"), "--set", "vae.patch_shortcut=false"],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "fits the patch shortcut: set vae.patch_shortcut = true" in out.stderr
+    assert not (workspace / "nocode").exists()
