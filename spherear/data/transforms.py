@@ -80,3 +80,9 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> (3, H, W) float32 in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def center_crops(images, indices, size: int) -> torch.Tensor:
+    """(N, 3, size, size) in [-1, 1]: the centre crops of ``images[i]`` (image, label pairs,
+    e.g. a ``PreparedImages``) for i in ``indices``."""
+    return torch.stack([to_tensor(center_crop(images[int(i)][0], size)) for i in indices])

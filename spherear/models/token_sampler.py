@@ -86,24 +86,27 @@ class TokenSampler:
         if settings.compile:
             mode = COMPILE_MODES.get(device.type)
             self.step = torch.compile(self.eager, dynamic=False, mode=mode)
-        self.time_embeddings: dict[float, torch.Tensor] = {}
-        self.modulation_layers = [*head.ada_ln_blocks, head.final_layer.ada_ln_modulation]
+        # per step count: each solver time's row, and the embeddings of all of them
+        self.solver_times: dict[int, tuple[dict[float, int], torch.Tensor]] = {}
+        self.modulation_columns = sum(
+            layer.out_features
+            for layer in [*head.ada_ln_blocks, head.final_layer.ada_ln_modulation]
+        )
 
-    def embed_time(self, t: float) -> torch.Tensor:
-        if t not in self.time_embeddings:
-            device = self.tokens.device
-            self.time_embeddings[t] = self.head.time_embed(torch.tensor([t], device=device))
-        return self.time_embeddings[t]
+    def embedded_times(self, steps: int) -> tuple[dict[float, int], torch.Tensor]:
+        """The sampler's times with ``steps`` steps (time -> row) and their embeddings."""
+        if steps not in self.solver_times:
+            times = sampler_times(self.settings.sampler, steps)
+            embedded = self.head.time_embed(torch.tensor(times, device=self.tokens.device))
+            self.solver_times[steps] = ({t: k for k, t in enumerate(times)}, embedded)
+        return self.solver_times[steps]
 
-    def modulation_table(self, sampler: str, steps: int, z_emb: torch.Tensor):
+    def modulation_table(self, steps: int, z_emb: torch.Tensor):
         """``table(t)``: the head's modulations at solver time t for conditions ``z_emb``."""
-        times = sampler_times(sampler, steps)
-        columns = sum(layer.out_features for layer in self.modulation_layers)
-        if len(times) * len(z_emb) * columns * z_emb.element_size() > TABLE_BYTES:
-            return lambda t: self.head.modulations(self.embed_time(t), z_emb)
-        t_emb = torch.cat([self.embed_time(t) for t in times])
+        row, t_emb = self.embedded_times(steps)
+        if len(row) * len(z_emb) * self.modulation_columns * z_emb.element_size() > TABLE_BYTES:
+            return lambda t: self.head.modulations(t_emb[row[t]], z_emb)
         table = self.head.modulations(t_emb[:, None], z_emb[None])
-        row = {t: k for k, t in enumerate(times)}
         return lambda t: [m[row[t]] for m in table]
 
     def velocity(self, x, t: float, *, table, scale) -> torch.Tensor:
@@ -123,7 +126,7 @@ class TokenSampler:
 
     def __call__(self, i: int, z: torch.Tensor) -> torch.Tensor:
         sampler, steps = self.settings.sampler, self.steps[i]
-        table = self.modulation_table(sampler, steps, self.head.cond_embed(z))
+        table = self.modulation_table(steps, self.head.cond_embed(z))
         scale = torch.tensor(self.scales[i], device=z.device)
         velocity = functools.partial(self.velocity, table=table, scale=scale)
         noise, eps = self.draw_noise(steps if sampler == "sde" else 0)

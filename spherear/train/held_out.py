@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from spherear.data.prepare import PreparedImages
-from spherear.data.transforms import center_crop, to_tensor
+from spherear.data.transforms import center_crops
 from spherear.files import write_json
 from spherear.grids import save_grid
 from spherear.train.metrics import MetricsLog
@@ -45,8 +45,7 @@ class HeldOut:
     """The held-out images' centre crops, on the device, and the report made on them."""
 
     def __init__(self, images: PreparedImages, held: np.ndarray, resolution: int, device):
-        crops = [to_tensor(center_crop(images[int(i)][0], resolution)) for i in held]
-        self.images = torch.stack(crops).to(device)
+        self.images = center_crops(images, held, resolution).to(device)
 
     def report(self, accelerator, vae, run_dir: Path, step: int, log: MetricsLog) -> None:
         """PSNR in the log, and the grid: originals on top, reconstructions below."""

@@ -8,7 +8,7 @@ import torch
 
 from spherear.config import Recipe, RecipeError, VAEConfig
 from spherear.data.prepare import PreparedImages
-from spherear.data.transforms import center_crop, to_tensor
+from spherear.data.transforms import center_crops
 
 CODE_IMAGES = 2000  # fit the initial patch code to this many training images
 
@@ -36,5 +36,4 @@ def code_images(images: PreparedImages, train: np.ndarray, recipe: Recipe) -> to
     ones."""
     rng = np.random.default_rng(recipe.run.seed)
     chosen = np.sort(rng.permutation(train)[:CODE_IMAGES])
-    size = recipe.vae.resolution
-    return torch.stack([to_tensor(center_crop(images[int(i)][0], size)) for i in chosen])
+    return center_crops(images, chosen, recipe.vae.resolution)
