@@ -50,6 +50,13 @@ def sample(
         help="Step annealing: --steps for the first token falling linearly to this many for "
         "the last; 0 = the same steps for every token (default: the recipe's).",
     ),
+    temperature: float | None = typer.Option(
+        None,
+        "--temperature",
+        min=0,
+        help="Scales the head's noise; 1 = the paper's, below 1 sharper and less varied "
+        "tokens (default: the recipe's).",
+    ),
     compiled: bool | None = typer.Option(
         None,
         "--compile/--no-compile",
@@ -84,8 +91,8 @@ def sample(
     def plan_with(defaults) -> Plan:
         return Plan.from_recipe(
             defaults, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps, sampler=sampler,
-            steps_last=steps_last, compile=compiled, labels=labels, seed=seed,
-            batch_size=batch_size, weights=weights,
+            steps_last=steps_last, temperature=temperature, compile=compiled, labels=labels,
+            seed=seed, batch_size=batch_size, weights=weights,
         )  # fmt: skip
 
     # checked against the checkpoint's header before torch loads: a 2 GB file takes a while

@@ -205,14 +205,17 @@ class SampleConfig:
     """How each token is drawn: the guidance scale ``cfg`` (1 = off) and its schedule over
     the tokens; the head's sampler (``sde``: the paper's Euler-Maruyama, ``ode``: Euler,
     ``heun``: second order) and its ``steps``, or with ``steps_last`` > 0 step annealing:
-    ``steps`` for the first token falling linearly to ``steps_last`` for the last. ``compile``
-    runs the head's step through ``torch.compile`` (CUDA graphs on a GPU)."""
+    ``steps`` for the first token falling linearly to ``steps_last`` for the last.
+    ``temperature`` scales the head's noise: its starting noise and, for ``sde``, the noise of
+    every step (1 = the paper; below 1 each token keeps nearer its likeliest values, as in
+    MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU)."""
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
     steps: int = bounded(100, 1)
     sampler: Literal["sde", "ode", "heun"] = "sde"
     steps_last: int = bounded(0, 0)
+    temperature: float = bounded(1.0, 0)
     compile: bool = False
 
 

@@ -138,6 +138,8 @@ def saved_settings(out: Path) -> dict | None:
 
 
 def check_settings(out: Path, saved: dict | None, record: dict) -> None:
+    if saved is not None:
+        saved = {"temperature": 1.0, **saved}  # recorded since 0.3; before, always 1
     differ = differences(saved, record, DESCRIPTIVE) if saved is not None else ""
     if differ:
         raise SampleError(

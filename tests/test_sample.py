@@ -22,7 +22,7 @@ from .conftest import kill_when
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default: the same kernels in both
 N, BATCH = 10, 2  # five chunks, one image per class
-TAG = "n10-cfg6-linear-steps2-sde-balanced-seed0"  # cfg 6 and 2 steps: the recipe's [sample]
+TAG = "n10-cfg6-linear-steps2-sde-temp0.7-balanced-seed0"  # cfg 6, temperature 0.7: tiny.toml
 SPHERE = (sys.executable, "-m", "spherear")
 
 

@@ -47,6 +47,9 @@ def test_samples_go_into_their_run_else_beside_their_checkpoint():
     plan = Plan.from_recipe(SampleConfig(cfg=2.0, steps=4), 8)
     tag = "n8-cfg2-linear-steps4-sde-balanced-seed0"
     assert plan.tag == tag
+    cooler = Plan.from_recipe(SampleConfig(cfg=2.0, steps=4), 8, temperature=0.75, steps_last=2)
+    assert cooler.tag == "n8-cfg2-linear-steps4to2-sde-temp0.75-balanced-seed0"
+    assert cooler.sampling.temperature == 0.75
     run = Found("runs/x/export", Path("runs/x"), "as given")
     assert default_out(run, plan) == Path(f"runs/x/samples/{tag}")
     authors = Found("weights/SphereAR_B.pt", None, "as given")

@@ -190,9 +190,16 @@ class Probe:
         """(logits, penultimate features) of N x H x W x 3 uint8 images."""
         return _predict(self.net, images)
 
-    def held_out_images(self) -> np.ndarray:
+    def _held_out(self) -> tuple[PreparedReference, np.ndarray]:
         ref = PreparedReference(self.data, self.meta["resolution"])
-        return _read(ref, split(ref.images.labels(), ProbeSettings(**self.meta["settings"]))[1])
+        return ref, split(ref.images.labels(), ProbeSettings(**self.meta["settings"]))[1]
+
+    def held_out_images(self) -> np.ndarray:
+        return _read(*self._held_out())
+
+    def held_out_labels(self) -> np.ndarray:
+        ref, indices = self._held_out()
+        return ref.images.labels()[indices]
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):

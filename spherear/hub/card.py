@@ -28,7 +28,17 @@ FILE_NOTES = {
 }
 COUNT_KEYS = ("num_samples", "n", "sample_count")
 # the settings.json keys of `spherear sample` that a reader of the card needs
-SETTING_KEYS = ("n", "cfg", "cfg_schedule", "steps", "sampler", "labels", "seed", "weights")
+SETTING_KEYS = (
+    "n",
+    "cfg",
+    "cfg_schedule",
+    "steps",
+    "sampler",
+    "temperature",
+    "labels",
+    "seed",
+    "weights",
+)
 # eval-fid.json keys that go into the card's model-index: key -> (metric type, display name)
 FID_METRICS = {
     "fid": ("fid", "FID"),

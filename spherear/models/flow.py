@@ -82,6 +82,7 @@ def sample_sde(
     t_end: float = SDE_T_END,
     generator: torch.Generator | None = None,
     eps: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Euler-Maruyama over [0, t_end] with diffusion (1 - t), then one Euler step to t = 1.
 
@@ -89,15 +90,16 @@ def sample_sde(
     match the flow adds (1 - t) * score to the drift and sqrt(2 (1 - t) dt) noise per step.
     The last Euler step avoids dividing by 1 - t near t = 1. ``eps`` (steps, *noise.shape)
     are the steps' standard normals when drawn elsewhere, else they come from ``generator``.
+    ``temperature`` scales the starting noise and every step's noise.
     """
-    x = noise.float()
+    x = noise.float() * temperature
     dt = t_end / steps
     for i, t in enumerate(time_grid(steps, t_end)[:-1]):
         v = velocity(x, t).float()
         score = (t * v - x) / (1 - t)
         drift = v + (1 - t) * score
         e = torch.randn(x.shape, device=x.device, generator=generator) if eps is None else eps[i]
-        x = x + drift * dt + math.sqrt(2 * (1 - t) * dt) * e
+        x = x + drift * dt + math.sqrt(2 * (1 - t) * dt) * temperature * e
     return x + velocity(x, t_end).float() * (1 - t_end)
 
 
@@ -130,13 +132,16 @@ def run_sampler(
     steps: int,
     generator: torch.Generator | None = None,
     eps: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """One token's flow from ``noise`` to data with ``sampler`` (one of SAMPLERS); ``eps``
-    or ``generator`` feed the SDE's noise."""
+    or ``generator`` feed the SDE's noise. ``temperature`` scales all the noise: the
+    starting point, and for the SDE each step's."""
     if sampler == "sde":
-        return sample_sde(velocity, noise, steps, generator=generator, eps=eps)
+        return sample_sde(velocity, noise, steps, generator=generator, eps=eps,
+                          temperature=temperature)  # fmt: skip
     if sampler == "ode":
-        return sample_ode(velocity, noise, steps)
+        return sample_ode(velocity, noise * temperature, steps)
     if sampler == "heun":
-        return sample_heun(velocity, noise, steps)
+        return sample_heun(velocity, noise * temperature, steps)
     raise ValueError(f"unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)}")

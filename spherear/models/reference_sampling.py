@@ -26,8 +26,10 @@ def reference_sample(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Tokens (B, N, latent_dim) for ``labels`` (B,), drawn as ``ar.sample`` draws them."""
-    if settings.sampler != "sde" or settings.steps_last:
-        raise ValueError("the reference loop covers the paper's sampler: sde, constant steps")
+    if settings.sampler != "sde" or settings.steps_last or settings.temperature != 1.0:
+        raise ValueError(
+            "the reference loop covers the paper's sampler: sde, constant steps, temperature 1"
+        )
     B, N, dim = len(labels), ar.num_tokens, ar.latent_dim
     guided = settings.cfg != 1.0
     rows = torch.cat([labels, torch.full_like(labels, ar.null_class)]) if guided else labels

@@ -131,7 +131,7 @@ class TokenSampler:
         velocity = functools.partial(self.velocity, table=table, scale=scale)
         noise, eps = self.draw_noise(steps if sampler == "sde" else 0)
         single = self.generator if isinstance(self.generator, torch.Generator) else None
-        x = run_sampler(sampler, velocity, noise, steps, single, eps)
+        x = run_sampler(sampler, velocity, noise, steps, single, eps, self.settings.temperature)
         self.tokens[:, i] = to_sphere(x)  # after guidance: it changes the norm, not the sphere
         return self.tokens[:, i].repeat(2, 1) if self.guided else self.tokens[:, i]
 

@@ -76,6 +76,28 @@ def test_heun_is_second_order_and_beats_euler_with_the_same_evaluations():
         run_sampler("euler", velocity, z, 4)
 
 
+@pytest.mark.parametrize("sampler, steps, tol", [("ode", 400, 1e-2), ("heun", 32, 1e-3)])
+def test_temperature_narrows_an_ode_sample_around_the_data_mean(sampler, steps, tol):
+    # the exact flow of N(m, s^2) carries noise z to m + s z: from 0.5 z it ends at m + 0.5 s z
+    velocity, exact = _gaussian_flow(1.5, 0.5)
+    z = torch.linspace(-3, 3, 61)[:, None].double()
+    out = run_sampler(sampler, velocity, z, steps, temperature=0.5).double()
+    assert (out - exact(0.5 * z)).abs().max().item() < tol
+    assert out.std().item() == pytest.approx(0.5 * exact(z).std().item(), rel=0.01)
+
+
+def test_the_sde_at_temperature_zero_ignores_its_noise_and_lands_on_the_mean():
+    velocity, _ = _gaussian_flow(1.5, 0.5)
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    ends = [run_sampler("sde", velocity, torch.randn(50, 1, generator=g), 100, g, temperature=0.0)
+            for g in generators]  # fmt: skip
+    assert (ends[0] - ends[1]).abs().max().item() == 0.0
+    assert (ends[0] - 1.5).abs().max().item() < 1e-2  # the ODE's path from 0 ends at m + s 0
+    torch.manual_seed(0)
+    half = run_sampler("sde", velocity, torch.randn(20_000, 1), 100, temperature=0.5)
+    assert 0.1 < half.std().item() < 0.4  # narrower than the data's 0.5, wider than nothing
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("steps", [1, 3, 7, 100])
 def test_sampler_times_are_every_time_the_sampler_asks_for(sampler, steps):

@@ -54,6 +54,24 @@ def test_annealed_sampling_runs_each_token_with_its_own_steps(tiny_recipe):
     assert (tokens.norm(dim=-1) - math.sqrt(ar.latent_dim)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("sampler", ["heun", "sde"])
+def test_temperature_zero_makes_tokens_independent_of_the_noise(tiny_recipe, sampler):
+    ar = _trained_like(build_ar(tiny_recipe))
+    labels = torch.tensor([1, 1, 6])
+
+    def draw(temperature, seeds):
+        settings = SampleConfig(cfg=3.0, steps=4, sampler=sampler, temperature=temperature)
+        return ar.sample(labels, settings, [torch.Generator().manual_seed(s) for s in seeds])
+
+    cold = draw(0.0, (0, 1, 2)), draw(0.0, (7, 8, 9))
+    assert (cold[0] - cold[1]).abs().max().item() == 0.0
+    assert (cold[0][0] - cold[0][1]).abs().max().item() < 1e-5  # same class, same tokens
+    warm = draw(1.0, (0, 1, 2)), draw(0.5, (0, 1, 2))
+    assert (warm[0] - warm[1]).abs().max().item() > 0.1
+    with pytest.raises(ValueError, match="temperature 1"):
+        reference_sample(ar, labels, SampleConfig(sampler="sde", temperature=0.5))
+
+
 def test_a_table_over_the_memory_budget_gives_the_same_tokens(tiny_recipe, monkeypatch):
     ar = _trained_like(build_ar(tiny_recipe))
     labels, settings = torch.tensor([1, 2]), SampleConfig(cfg=3.0, steps=4)
