@@ -139,7 +139,7 @@ def saved_settings(out: Path) -> dict | None:
 
 def check_settings(out: Path, saved: dict | None, record: dict) -> None:
     if saved is not None:
-        saved = {"temperature": 1.0, **saved}  # recorded since 0.3; before, always 1
+        saved = {"temperature": 1.0, **saved}  # folders from before the option: always 1
     differ = differences(saved, record, DESCRIPTIVE) if saved is not None else ""
     if differ:
         raise SampleError(

@@ -15,7 +15,7 @@ import torch
 from spherear.checkpoints import save_pretrained
 from spherear.config import load_recipe, save_recipe
 from spherear.models import build_ar, build_vae
-from spherear.sample import to_uint8
+from spherear.sample import SampleError, check_settings, to_uint8
 
 from .conftest import kill_when
 
@@ -129,3 +129,10 @@ def test_quantisation_is_the_authors_truncating_clamp():
     out = to_uint8(x.expand(1, 3, 1, 8))
     assert out.shape == (1, 1, 8, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 127, 128, 128, 191, 255, 255]
+
+
+def test_a_folder_sampled_before_the_temperature_setting_resumes_at_temperature_1(tmp_path):
+    saved = {"n": 10, "cfg": 6.0, "steps": 2}  # what settings.json held before the option
+    check_settings(tmp_path, saved, {**saved, "temperature": 1.0})
+    with pytest.raises(SampleError, match="temperature"):
+        check_settings(tmp_path, saved, {**saved, "temperature": 0.7})
