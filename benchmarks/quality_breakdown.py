@@ -11,7 +11,7 @@ FD_probe against the real held-out images), so the stages can be compared:
    ceiling the tokenizer sets for the AR model);
 3. AR teacher-forced: the flow loss at fixed flow times, and images whose every token is drawn
    by the head from the true tokens before it (the AR model's per-token precision, without
-   errors that build up along the raster);
+   errors that build up along the raster), at the recipe's sampling settings;
 4. samples: free sampling at each temperature and CFG, the recipe's sampler and steps
    otherwise, with the most frequent confusion of each class.
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from spherear.checkpoints import load_checkpoint
-from spherear.eval.probe import load_or_train, score
+from spherear.eval.probe import load_or_train, score, to_input
 from spherear.models.token_sampler import TokenSampler
 from spherear.runs import find_run
 from spherear.sample import to_uint8
@@ -115,7 +115,7 @@ def main() -> None:
 
     add("real held-out images", images, labels)
     with torch.no_grad():
-        posterior = vae.encode(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        posterior = vae.encode(to_input(images))
         torch.manual_seed(args.seed)
         add("S-VAE, posterior means", to_uint8(vae.decode(posterior.mode())), labels)
         add("S-VAE, posterior samples", to_uint8(vae.decode(posterior.sample())), labels)

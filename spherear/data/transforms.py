@@ -6,6 +6,8 @@ Images are PIL RGB in and out; ``to_tensor`` maps them to (3, H, W) floats in [-
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import torch
 from PIL import Image
@@ -82,7 +84,9 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def center_crops(images, indices, size: int) -> torch.Tensor:
+def center_crops(
+    images: Sequence[tuple[Image.Image, int]], indices: Iterable[int], size: int
+) -> torch.Tensor:
     """(N, 3, size, size) in [-1, 1]: the centre crops of ``images[i]`` (image, label pairs,
     e.g. a ``PreparedImages``) for i in ``indices``."""
     return torch.stack([to_tensor(center_crop(images[int(i)][0], size)) for i in indices])

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spherear.config import VAEConfig
+from spherear.config import RecipeError, VAEConfig
 from spherear.models.power_spherical import PowerSpherical
 from spherear.models.transformer import Block, RMSNorm, rope_table_2d
 
@@ -142,6 +142,25 @@ class Decoder(_RegisterTransformer):
         return image if self.patch_out is None else image + self.patch_out(grid)
 
 
+def check_patch_code(cfg: VAEConfig) -> None:
+    """What a patch code (``vae_loss.initial_code = "pca"``, ``init_patch_code``) needs of
+    the S-VAE, as one-line errors naming the recipe key."""
+    p = cfg.patch_size
+    if not cfg.patch_shortcut:
+        raise RecipeError('vae_loss.initial_code = "pca" fits the patch shortcut: set '
+                          'vae.patch_shortcut = true (or initial_code = "random")')  # fmt: skip
+    if cfg.latent_dim - 1 > 3 * p * p:
+        raise RecipeError(
+            f'vae_loss.initial_code = "pca": vae.latent_dim {cfg.latent_dim} is more than one '
+            f"above the {3 * p * p} numbers of a {p}x{p} RGB patch; lower vae.latent_dim"
+        )
+    if cfg.latent_dim > cfg.width:
+        raise RecipeError(
+            f'vae_loss.initial_code = "pca": vae.latent_dim {cfg.latent_dim} exceeds the width '
+            f"{cfg.width} (the last of vae.channels); lower vae.latent_dim or widen the VAE"
+        )
+
+
 class SphericalPosterior:
     """q(z | x) per token: power-spherical on the sphere of radius sqrt(latent_dim)."""
 
@@ -187,13 +206,8 @@ class SphericalVAE(nn.Module):
         Through the patch shortcut alone: the conv paths start silent (their last layers are
         zeroed) and learn what the linear code misses. Keeps the kappa output's bias
         (``init_kappa``) and makes kappa the same for every token."""
-        cfg = self.cfg
-        p, d, width = cfg.patch_size, cfg.latent_dim, cfg.width
-        if not cfg.patch_shortcut or d - 1 > 3 * p * p or d > width:
-            raise ValueError(
-                f"a patch code needs the patch shortcut, latent_dim - 1 <= 3 x patch_size^2 "
-                f"= {3 * p * p} and latent_dim <= width = {width}; got latent_dim {d}"
-            )
+        check_patch_code(self.cfg)
+        p, d = self.cfg.patch_size, self.cfg.latent_dim
         patches = F.unfold(images.double(), p, stride=p).transpose(1, 2).reshape(-1, 3 * p * p)
         mean = patches.mean(0)
         _, _, vh = torch.linalg.svd(patches - mean, full_matrices=False)

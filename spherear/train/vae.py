@@ -20,6 +20,7 @@ from spherear.data.prepare import PreparedImages
 from spherear.data.splits import class_counts, held_out_split
 from spherear.data.transforms import to_tensor, train_view
 from spherear.models import build_vae
+from spherear.models.vae import check_patch_code
 from spherear.train.batches import BatchPlan, StepBatches
 from spherear.train.held_out import HeldOut, held_out_count, write_held_out
 from spherear.train.loop import Loop
@@ -31,7 +32,7 @@ from spherear.train.losses import (
     vgg_features,
 )
 from spherear.train.optim import adamw
-from spherear.train.patch_code import check_patch_code, code_images
+from spherear.train.patch_code import code_images
 from spherear.train.state import Part
 
 CURVES = ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr")

@@ -1,13 +1,16 @@
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from spherear.config import VAEConfig
+from spherear.config import RecipeError, VAEConfig, load_recipe
 from spherear.data.synthetic import render
-from spherear.models.vae import SphericalVAE
+from spherear.models.vae import SphericalVAE, check_patch_code
+
+from ..conftest import ROOT
 
 
 def test_encode_decode_shapes_and_sphere(tiny_recipe):
@@ -165,9 +168,24 @@ def test_patch_code_is_the_principal_coordinates_and_a_least_squares_decoder(tin
     assert np.abs(ours - design @ np.linalg.lstsq(design, ours, rcond=None)[0]).max() < 1e-4
 
 
-def test_patch_code_needs_the_shortcut_and_room_for_the_code(tiny_recipe):
-    images = _synthetic(4)
-    for change in ({"patch_shortcut": False}, {"latent_dim": 50}, {"latent_dim": 40}):
-        vae = SphericalVAE(dataclasses.replace(tiny_recipe.vae, **change))
-        with pytest.raises(ValueError, match="patch code needs the patch shortcut"):
-            vae.init_patch_code(images)
+PATCH_CODE_LIMITS = [
+    ({"patch_shortcut": False}, "fits the patch shortcut: set vae.patch_shortcut = true"),
+    ({"latent_dim": 50}, "latent_dim 50 is more than one above the 48 numbers of a 4x4 RGB"),
+    ({"latent_dim": 16, "channels": (8, 16, 8)},
+     "latent_dim 16 exceeds the width 8 (the last of vae.channels)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, message", PATCH_CODE_LIMITS)
+def test_a_pca_code_the_vae_cannot_hold_is_refused_naming_the_key(change, message):
+    vae = load_recipe(ROOT / "recipes" / "tiny_vae.toml").vae
+    check_patch_code(vae)  # the tiny S-VAE can hold it
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        check_patch_code(dataclasses.replace(vae, **change))
+
+
+@pytest.mark.parametrize("change, message", PATCH_CODE_LIMITS)
+def test_init_patch_code_refuses_what_the_recipe_check_refuses(tiny_recipe, change, message):
+    vae = SphericalVAE(dataclasses.replace(tiny_recipe.vae, **change))
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        vae.init_patch_code(_synthetic(4))
