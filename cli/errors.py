@@ -11,6 +11,16 @@ import typer
 from spherear.errors import SpherearError, Stopped
 
 
+def finite(value: float | None) -> float | None:
+    """Option callback for every float option: click reads "inf" and "nan" as numbers, and
+    either would run a whole command to produce garbage."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 def _one_line(message: object) -> str:
     """A message quoting another library's (which may span lines) still prints as one."""
     return " ".join(str(message).split())

@@ -8,7 +8,7 @@ from typing import Literal
 import typer
 
 from spherear.checkpoint_header import Weights
-from spherear.cli.errors import user_errors
+from spherear.cli.errors import finite, user_errors
 
 
 @user_errors
@@ -29,7 +29,11 @@ def sample(
         "(default: the newest train-ar run under runs/).",
     ),
     cfg: float | None = typer.Option(
-        None, "--cfg", min=0, help="Guidance scale; 1 = off (default: the recipe's)."
+        None,
+        "--cfg",
+        min=0,
+        callback=finite,
+        help="Guidance scale; 1 = off (default: the recipe's).",
     ),
     cfg_schedule: Literal["linear", "constant"] | None = typer.Option(
         None, "--cfg-schedule", help="Guidance per token (default: the recipe's)."
@@ -54,6 +58,7 @@ def sample(
         None,
         "--temperature",
         min=0,
+        callback=finite,
         help="Scales the head's noise; 1 = the paper's, below 1 sharper and less varied "
         "tokens (default: the recipe's).",
     ),

@@ -122,6 +122,16 @@ def read_export_config(folder: Path) -> tuple[dict, Recipe]:
     config = read_json(path, "re-export the run (rerun its train-vae or train-ar)")
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a spherear export config (no format 'spherear')")
+    version = config.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(
+            f"{path}: 'format_version' must be a positive integer, got {version!r}"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version} was written by a newer spherear (this one reads "
+            f"up to {FORMAT_VERSION}); upgrade spherear (pip install -U spherear) to load it"
+        )
     if config.get("kind") not in ("vae", "ar") or not isinstance(config.get("recipe"), dict):
         raise CheckpointError(f"{path}: needs 'kind' ('vae' or 'ar') and a 'recipe' table")
     recipe = recipe_from_dict(config["recipe"], str(path))

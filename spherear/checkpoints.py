@@ -57,6 +57,7 @@ from spherear.files import (
     load_torch_file,
     new_folder,
     publish,
+    safetensors_header,
     write_json,
 )
 from spherear.hub_files import REPO_ID, resolve
@@ -142,11 +143,35 @@ def _empty(build, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     return model.to_empty(device="cpu")
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
-    problems = _mismatches(_shapes(model), {k: tuple(v.shape) for k, v in state.items()})
+def _refuse_mismatches(problems: list[str], where) -> None:
     if problems:
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise CheckpointError(f"{where}: does not fit its recipe: {'; '.join(problems[:5])}{more}")
+
+
+def _check_values(model: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
+    """Each tensor has the model's kind of dtype (floating, complex or integer) and finite
+    values: load_state_dict would cast an integer tensor silently, and NaN weights sample
+    black images without a word."""
+    expected = model.state_dict()
+    kind = lambda t: (t.dtype.is_floating_point, t.dtype.is_complex)  # noqa: E731
+    for key, value in state.items():
+        if kind(value) != kind(expected[key]):
+            raise CheckpointError(
+                f"{where}: '{key}' is {value.dtype}, the model needs {expected[key].dtype}; "
+                "the file was altered or is not a spherear export: download or re-export it"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"{where}: '{key}' holds NaN or infinite values, so every sample would be "
+                "garbage; use an earlier checkpoint of the run or retrain it"
+            )
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    _refuse_mismatches(_mismatches(_shapes(model), found), where)
+    _check_values(model, state, where)
     model.load_state_dict(state, strict=True)
     if isinstance(model, SphereAR):
         model.reset_buffers()
@@ -367,6 +392,23 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
 
 
+def _check_headers(folder: Path, recipe: Recipe, ar_name: str | None) -> None:
+    """The shapes in the safetensors headers fit the recipe's models, checked on the meta
+    device before any model is built: a config.json that asks for a model far larger than
+    its weights is refused without allocating it."""
+    expected = _meta_shapes(recipe)
+    files = {"vae.safetensors": {k[4:]: s for k, s in expected.items() if k.startswith("vae.")}}
+    if ar_name is not None:
+        files[ar_name] = {k: s for k, s in expected.items() if not k.startswith("vae.")}
+    for name, shapes in files.items():
+        try:
+            header, _ = safetensors_header(folder / name)
+        except DamagedError as e:
+            raise CheckpointError(str(e)) from None
+        found = {k: t["shape"] for k, t in header.items()}
+        _refuse_mismatches(_mismatches(shapes, found), folder / name)
+
+
 def load_pretrained(path: str | Path, weights: Weights = "ema") -> Loaded:
     check_weights(weights)
     folder = export_folder(Path(path))
@@ -377,6 +419,7 @@ def load_pretrained(path: str | Path, weights: Weights = "ema") -> Loaded:
     if config["kind"] == "ar" and not (folder / name).is_file():
         raise CheckpointError(f"{folder}: no {name}; this export has no {weights} weights")
     _check_export(folder, config, ["vae.safetensors"] + ([name] if config["kind"] == "ar" else []))
+    _check_headers(folder, recipe, name if config["kind"] == "ar" else None)
     vae_state = _load_file(folder / "vae.safetensors")
     vae = _empty(lambda: build_vae(recipe), vae_state)
     _load_strict(vae, vae_state, folder / "vae.safetensors")
@@ -449,6 +492,8 @@ def _inspect_local(path: Path) -> CheckpointInfo:
     if folder is not None:
         config, recipe = read_export_config(folder)
         _check_export(folder, config, sorted(p.name for p in folder.glob("*.safetensors")))
+        ar_files = [n for n in ("ar.safetensors", "ar_raw.safetensors") if (folder / n).is_file()]
+        _check_headers(folder, recipe, ar_files[0] if config["kind"] == "ar" and ar_files else None)
         size = recipe.ar.size if recipe.ar is not None else None
         return CheckpointInfo(
             str(folder), FORMAT_NAME, "full" if config["kind"] == "ar" else "vae", size,

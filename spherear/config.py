@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -25,6 +26,20 @@ from spherear.files import atomic_write, read_text
 
 class RecipeError(SpherearError):
     """A recipe that cannot be used; the message is one line naming the fix."""
+
+
+# Upper bounds on the sizes a recipe (or an export's config.json, which may come from anyone)
+# can ask for, checked before anything is built: each is many times what the paper's largest
+# model uses (SphereAR-H: depth 40, width 1280; 256 px; 1000 classes; 100 steps), so no real
+# model hits them, while a value past them would allocate for minutes and then fail.
+MAX_DEPTH = 1024  # layers, heads, registers, class tokens
+MAX_WIDTH = 65_536  # channels and widths
+MAX_RESOLUTION = 8192  # pixels per side
+MAX_CLASSES = 1_000_000  # ImageNet-21k has 21,841
+MAX_STEPS = 100_000  # head sampler steps per token
+# any other integer: far beyond any count of steps, images or epochs, and inside int64, so
+# torch, numpy and the JSON logs never overflow on it
+MAX_INTEGER = 2**53
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
@@ -55,13 +70,13 @@ class VAEConfig:
     """The S-VAE tokenizer. ``channels`` are the conv widths from the image side; the last
     one is the transformer width, and each step between two entries halves the resolution."""
 
-    resolution: int = bounded(256, 1)
-    latent_dim: int = bounded(16, 2)
-    channels: tuple[int, ...] = bounded((64, 64, 128, 256, 512), 4)
-    num_heads: int = bounded(8, 1)
-    encoder_depth: int = bounded(6, 0)
-    decoder_depth: int = bounded(12, 0)
-    num_registers: int = bounded(4, 0)
+    resolution: int = bounded(256, 1, MAX_RESOLUTION)
+    latent_dim: int = bounded(16, 2, MAX_WIDTH)
+    channels: tuple[int, ...] = bounded((64, 64, 128, 256, 512), 4, MAX_WIDTH)
+    num_heads: int = bounded(8, 1, MAX_DEPTH)
+    encoder_depth: int = bounded(6, 0, MAX_DEPTH)
+    decoder_depth: int = bounded(12, 0, MAX_DEPTH)
+    num_registers: int = bounded(4, 0, MAX_DEPTH)
     # A linear path from each pixel patch to its token and back (not in the paper's
     # tokenizer): the code starts near a PCA of the patches, so a few hundred steps reach
     # a usable PSNR; the CNN learns what the linear code misses.
@@ -100,19 +115,26 @@ class ARConfig:
     registry; any architecture field set here overrides that row."""
 
     size: str = "B"
-    depth: int | None = bounded(None, 1)
-    num_heads: int | None = bounded(None, 1)
-    width: int | None = bounded(None, 4)
-    head_depth: int | None = bounded(None, 1)
-    head_width: int | None = bounded(None, 1)
-    head_groups: int | None = bounded(None, 1)
+    depth: int | None = bounded(None, 1, MAX_DEPTH)
+    num_heads: int | None = bounded(None, 1, MAX_DEPTH)
+    width: int | None = bounded(None, 4, MAX_WIDTH)
+    head_depth: int | None = bounded(None, 1, MAX_DEPTH)
+    head_width: int | None = bounded(None, 1, MAX_WIDTH)
+    head_groups: int | None = bounded(None, 1, MAX_DEPTH)
     # unset: the prepared data's class count (info.json); a value that disagrees is refused
-    num_classes: int | None = bounded(None, 1)
+    num_classes: int | None = bounded(None, 1, MAX_CLASSES)
     # the names of labels 0..num_classes-1; unset: the data's (train-ar records them)
     class_names: tuple[str, ...] = ()
-    num_class_tokens: int = bounded(16, 1)
+    num_class_tokens: int = bounded(16, 1, MAX_DEPTH)
     class_dropout: float = bounded(0.1, 0, 1)
-    diff_batch_mul: int = bounded(4, 1)
+    diff_batch_mul: int = bounded(4, 1, MAX_DEPTH)
+
+    def check(self, where: str) -> None:
+        if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
+            raise RecipeError(
+                f"{where}: ar.class_names has {len(self.class_names)} names for ar.num_classes "
+                f"{self.num_classes}; give one name per class, or none"
+            )
 
 
 @dataclass
@@ -212,9 +234,9 @@ class SampleConfig:
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
-    steps: int = bounded(100, 1)
+    steps: int = bounded(100, 1, MAX_STEPS)
     sampler: Literal["sde", "ode", "heun"] = "sde"
-    steps_last: int = bounded(0, 0)
+    steps_last: int = bounded(0, 0, MAX_STEPS)
     temperature: float = bounded(1.0, 0)
     compile: bool = False
 
@@ -308,16 +330,26 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
+        if abs(value) > MAX_INTEGER:
+            raise RecipeError(f"{where}: '{key}' is too large ({_short(value)}); at most 2**53")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong
+        if abs(value) > MAX_INTEGER or not math.isfinite(value):
+            raise RecipeError(f"{where}: '{key}' must be a finite number, got {_short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise wrong
         return value
     raise TypeError(f"unsupported recipe field type {tp!r}")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and abs(value) > 10**20:
+        return "an integer of more than 20 digits"
+    return repr(value)
 
 
 def _unknown_key(cls: type, name: str, prefix: str, where: str) -> RecipeError:
@@ -357,6 +389,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word is a string: --set run.name=my_run
+    except RecursionError:
+        raise RecipeError(f"--set {dotted}: the value is nested too deeply") from None
     return dotted.strip().split("."), value
 
 
@@ -381,12 +415,17 @@ def _apply_override(data: dict, path: list[str], value: Any, text: str, where: s
 
 
 def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
-    data = copy.deepcopy(data)  # overrides must not touch the caller's dict
+    try:
+        data = copy.deepcopy(data)  # overrides must not touch the caller's dict
+    except RecursionError:
+        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
     for text in overrides:
         path, value = _parse_override(text)
         _apply_override(data, path, value, text, where)
     recipe = _build(Recipe, data, "", where)
     recipe.vae.check(where)
+    if recipe.ar is not None:
+        recipe.ar.check(where)
     return recipe
 
 
@@ -397,10 +436,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{path}: a folder, not a recipe file; pass a .toml file (see recipes/)")
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file; the shipped ones are in recipes/")
+    # editors on Windows may start UTF-8 with a byte-order mark, which TOML does not allow
+    text = read_text(path, "save the recipe as UTF-8").removeprefix("\ufeff")
     try:
-        data = tomllib.loads(read_text(path, "save the recipe as UTF-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to be a recipe") from None
     return recipe_from_dict(data, str(path), overrides)
 
 

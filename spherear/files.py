@@ -342,21 +342,39 @@ def check_record(path: str | Path, record: dict, content: bool = True) -> str | 
     return None
 
 
+def safetensors_header(path: str | Path) -> tuple[dict, int]:
+    """The tensor entries of a safetensors file's JSON header (name -> dtype, shape,
+    data_offsets), read without its tensor bytes, and where the bytes start;
+    ``DamagedError`` if it has no readable header."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length)) if 0 < length <= 100 << 20 else None
+        if header is None:
+            raise DamagedError(f"{path}: {path.name} has no safetensors header")
+        entries = {k: t for k, t in header.items() if k != "__metadata__"}
+        for t in entries.values():
+            t["shape"], t["data_offsets"] = tuple(t["shape"]), tuple(t["data_offsets"])
+    except DamagedError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise DamagedError(
+            f"{path}: {path.name} has an unreadable safetensors header ({type(e).__name__})"
+        ) from None
+    return entries, 8 + length
+
+
 def check_safetensors(path: str | Path) -> str | None:
     """None if ``path`` is as long as its safetensors header says, else what is wrong: a
     check of truncation that reads a few bytes, for files written without a record."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            if length <= 0 or length > 100 << 20:
-                return f"{path.name} has no safetensors header"
-            header = json.loads(f.read(length))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
-                  default=0)  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{path.name} has an unreadable safetensors header ({type(e).__name__})"
-    size, expected = path.stat().st_size, 8 + length + end
+        header, start = safetensors_header(path)
+    except DamagedError as e:
+        return str(e).split(": ", 1)[1]
+    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    size, expected = path.stat().st_size, start + end
     if size != expected:
         return f"{path.name} has {size} bytes, its header needs {expected}"
     return None
@@ -393,6 +411,8 @@ def read_json(path: str | Path, fix: str) -> Any:
     text = read_text(path, fix)
     try:
         return json.loads(text)
+    except RecursionError:
+        raise DamagedError(f"{path}: damaged, nested too deeply to be read; {fix}") from None
     except json.JSONDecodeError as e:
         what = "empty" if not text.strip() else f"not valid JSON ({e})"
         raise DamagedError(f"{path}: damaged, {what}; {fix}") from None

@@ -170,7 +170,20 @@ def sample_chunk(
     with torch.inference_mode(), accelerator.autocast():
         tokens = loaded.ar.sample(y, plan.sampling, generators)
         images = loaded.vae.decode(tokens)
-    return to_uint8(images)
+    if not torch.isfinite(images).all():
+        raise SampleError(
+            f"images {indices.start}..{indices.stop - 1} came out NaN or infinite, so they "
+            "would be saved black; the weights or the settings (--cfg, --temperature) are "
+            "broken: check them with `spherear info`, or use an earlier checkpoint"
+        )
+    pixels = to_uint8(images)
+    if pixels.min() == pixels.max():
+        raise SampleError(
+            f"images {indices.start}..{indices.stop - 1} are all one flat colour (value "
+            f"{pixels.min()}), not samples; the weights or the settings (--cfg, --temperature) "
+            "are broken: check them, or use an earlier checkpoint"
+        )
+    return pixels
 
 
 def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -104,10 +104,27 @@ def test_toml_writer_escapes_strings():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("ar.num_heads=0", "'ar.num_heads' must be >= 1, got 0"),
-        ("sample.steps=0", "'sample.steps' must be >= 1, got 0"),
+        ("ar.num_heads=0", "'ar.num_heads' must be between 1 and 1024, got 0"),
+        ("sample.steps=0", "'sample.steps' must be between 1 and 100000, got 0"),
         ("ar.class_dropout=2", "'ar.class_dropout' must be between 0 and 1, got 2.0"),
-        ("vae.channels=[0, 4]", "'vae.channels' must be >= 4, got (0, 4)"),
+        ("vae.channels=[0, 4]", "'vae.channels' must be between 4 and 65536, got (0, 4)"),
+        # sizes past the documented upper bounds: refused before anything is built
+        ("ar.depth=1000000", "'ar.depth' must be between 1 and 1024, got 1000000"),
+        ("ar.width=1099511627776", "'ar.width' must be between 4 and 65536"),
+        ("vae.resolution=1000000000", "'vae.resolution' must be between 1 and 8192"),
+        ("ar.num_classes=1000000000000", "'ar.num_classes' must be between 1 and 1000000"),
+        (
+            "sample.steps=1" + "0" * 400,
+            "'sample.steps' is too large (an integer of more than 20 digits)",
+        ),
+        (
+            "train.max_steps=" + "9" * 27,
+            "'train.max_steps' is too large (an integer of more than 20 digits)",
+        ),
+        ("sample.cfg=inf", "'sample.cfg' must be a finite number, got inf"),
+        ("train.lr=nan", "'train.lr' must be a finite number, got nan"),
+        ("ar.value=" + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("ar.class_names=['a']", "ar.class_names has 1 names for ar.num_classes 1000"),
         ("run.seed=1979-05-27", "'run.seed' must be an integer"),
     ],
 )

@@ -140,6 +140,16 @@ class InceptionFeatures(nn.Module):
         state = load_torch_file(weights, what="PyTorch state dict")
         if not isinstance(state, dict):
             raise SpherearError(f"{weights}: not a state dict of {INCEPTION_FILE}")
+        broken = next(
+            (k for k, v in state.items()
+             if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()),
+            None,
+        )  # fmt: skip
+        if broken is not None:
+            raise SpherearError(
+                f"{weights}: '{broken}' holds NaN or infinite values; download "
+                f"{INCEPTION_FILE} again"
+            )
         try:
             self.net = _inception_network(["2048", "logits_unbiased"], state)
         except RuntimeError as e:

@@ -165,6 +165,30 @@ class Reference:
         return f"{self.path} ({', '.join(parts)})"
 
 
+def _check_statistics(path: Path, stats: dict[str, np.ndarray]) -> None:
+    """Stored means and covariances that a Fréchet distance can use: finite, and each
+    covariance symmetric positive semi-definite (else FID comes out negative or fails)."""
+    for key, value in stats.items():
+        if not np.isfinite(value).all():
+            raise SpherearError(
+                f"{path}: stored '{key}' holds NaN or infinite values; download the "
+                "reference batch again"
+            )
+    for key in ("sigma", "sigma_s"):
+        if key not in stats:
+            continue
+        sigma = stats[key]
+        lowest = np.linalg.eigvalsh((sigma + sigma.T) / 2)[0]
+        if not np.allclose(sigma, sigma.T, atol=1e-6 * np.abs(sigma).max()) or (
+            lowest < -1e-6 * max(np.abs(sigma).max(), 1e-12)
+        ):
+            raise SpherearError(
+                f"{path}: stored '{key}' is not a covariance (not symmetric positive "
+                f"semi-definite; lowest eigenvalue {lowest:.3g}); download the reference "
+                "batch again"
+            )
+
+
 def open_reference(path: str | Path, resolution: tuple[int, int]) -> Reference:
     """An ADM reference batch, a samples-style ``.npz`` or a prepared dataset folder,
     checked against the samples' ``resolution``."""
@@ -194,6 +218,7 @@ def open_reference(path: str | Path, resolution: tuple[int, int]) -> Reference:
                 f"{path}: stored statistics of the wrong shape ({', '.join(wrong)}); an ADM "
                 "reference holds mu (2048), sigma (2048 x 2048), mu_s (2023), sigma_s (2023 x 2023)"
             )
+    _check_statistics(path, stats)
     if "arr_0" not in names and stats:
         return Reference(path, None, stats)
     images = NpzImages(path)
