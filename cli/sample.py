@@ -86,12 +86,15 @@ def sample(
     Resumable: rerun the same command after an interruption. The bytes do not depend on the
     number of processes; multi-GPU and multi-node with `accelerate launch` or `torchrun`."""
     from spherear.checkpoint_header import read_header
+    from spherear.folder_kinds import SAMPLES, check_output_folder
     from spherear.hub_files import resolve
     from spherear.runs import find_run
     from spherear.sample_plan import Plan, check_plan, default_out
 
     source = find_run(checkpoint, option="--checkpoint")
     local, _ = resolve(source.checkpoint)  # a hub address that cannot be fetched fails here
+    if out is not None:
+        check_output_folder(out, SAMPLES, "--out", [local])
 
     def plan_with(defaults) -> Plan:
         return Plan.from_recipe(
@@ -117,6 +120,7 @@ def sample(
     loaded = load_checkpoint(source.checkpoint, weights)
     plan = plan or plan_with(loaded.recipe.sample)
     out = out or default_out(source, plan)
+    check_output_folder(out, SAMPLES, "--out", [local])
     say(f"{loaded.description}: {plan.tag}, batch {plan.batch_size}, "
         f"{accelerator.num_processes} process(es) -> {out}")  # fmt: skip
     result = sample_images(loaded, plan, out, accelerator)

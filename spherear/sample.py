@@ -44,6 +44,7 @@ from spherear.files import (
     sweep,
     write_json,
 )
+from spherear.folder_lock import hold
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 
 SETTINGS = "settings.json"
@@ -303,10 +304,14 @@ def sample_images(
     loaded: Loaded, plan: Plan, out: str | Path, accelerator, progress: bool = True
 ) -> Result:
     """Sample ``plan`` into ``out`` on every process of ``accelerator``, continuing the
-    finished chunks of an interrupted run with the same settings."""
+    finished chunks of an interrupted run with the same settings; one command at a time."""
+    with hold(out, "sample"):
+        return _sample_images(loaded, plan, Path(out), accelerator, progress)
+
+
+def _sample_images(loaded: Loaded, plan: Plan, out: Path, accelerator, progress: bool) -> Result:
     from tqdm import tqdm
 
-    out = Path(out)
     if loaded.ar is None:
         raise only_a_vae(loaded.description)
     check_output(out, "--out")

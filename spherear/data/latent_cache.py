@@ -58,6 +58,8 @@ from spherear.files import (
     sweep,
     write_json,
 )
+from spherear.folder_kinds import CACHE, check_output_folder
+from spherear.folder_lock import hold
 from spherear.hub_files import resolve
 from spherear.models.power_spherical import PowerSpherical
 from spherear.models.vae import SphericalVAE
@@ -201,7 +203,16 @@ def cache_latents(
     accelerator=None,
     progress: bool = True,
 ) -> dict:
-    """Encode a prepared dataset into ``out``; returns the manifest."""
+    """Encode a prepared dataset into ``out``, one command at a time; returns the manifest."""
+    check_output_folder(out, CACHE, "--out", [data_dir, vae_path])
+    with hold(out, "cache-latents"):
+        return _cache_latents(recipe, vae, vae_path, data_dir, out, accelerator, progress)
+
+
+def _cache_latents(
+    recipe: Recipe, vae: SphericalVAE, vae_path: str | Path, data_dir: str | Path,
+    out: str | Path, accelerator, progress: bool,
+) -> dict:  # fmt: skip
     from tqdm import tqdm
 
     accelerator = accelerator or make_accelerator()

@@ -54,6 +54,8 @@ from spherear.files import (
     sweep,
     write_json,
 )
+from spherear.folder_kinds import PREPARED, check_output_folder
+from spherear.folder_lock import hold
 
 FORMAT_VERSION = 1
 INFO = "info.json"
@@ -226,9 +228,20 @@ def prepare_dataset(
     progress: bool = True,
     say: Callable[[str], None] = note,
 ) -> PrepareResult:
-    """Prepare ``source`` into ``out``; see the module docstring for the format.
-    ``num_images`` and ``seed`` are for the synthetic source only (default 10,000 images)."""
-    out = Path(out)
+    """Prepare ``source`` into ``out``, one command at a time; see the module docstring for
+    the format. ``num_images`` and ``seed`` are for the synthetic source only (default
+    10,000 images)."""
+    kind, _, rest = source.partition(":")
+    local = Path(rest).expanduser() if kind in ("folder", "tar") and rest else None
+    check_output_folder(out, PREPARED, "--out", [local])
+    with hold(out, "prepare-data"):
+        return _prepare(source, Path(out), resolution, num_proc, split, num_images, seed,
+                        min_crop_fraction, progress, say)  # fmt: skip
+
+
+def _prepare(source: str, out: Path, resolution: int, num_proc: int, split: str,
+             num_images: int | None, seed: int, min_crop_fraction: float, progress: bool,
+             say: Callable[[str], None]) -> PrepareResult:  # fmt: skip
     start = time.time()
     if num_images is not None and source != "synthetic":
         say(f"--num-images / data.num_images is for the synthetic source only; {source} gives "

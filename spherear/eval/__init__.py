@@ -46,6 +46,7 @@ def eval_fid(
     from spherear.eval.features import resolve_inception_weights
     from spherear.eval.npz import NpzImages
     from spherear.files import check_output, sweep, write_json
+    from spherear.folder_kinds import check_output_file
     from spherear.runs import latest_samples, samples_recipe
 
     accelerator = accelerator or make_accelerator()
@@ -57,6 +58,7 @@ def eval_fid(
     NpzImages(samples)  # a bad file stops here, before the reference is looked for
     out = out or samples.parent / "eval-fid.json"
     check_output(out, "--json", folder=False)  # before hours of work, not after
+    check_output_file(out, "--json", [samples, reference, inception_weights])
     sweep(out.parent, recursive=False)
     recipe, recipe_path = samples_recipe(samples)
     if reference is None:

@@ -62,6 +62,8 @@ class NpzImages:
                 f"{self.path}: arr_0 is {dtype} with shape {tuple(shape)}"
                 f"{' (Fortran order)' if fortran else ''}; {LAYOUT}"
             )
+        if not all(shape):
+            raise SpherearError(f"{self.path}: arr_0 holds no images (shape {tuple(shape)})")
         self.shape: tuple[int, int, int, int] = tuple(shape)
         self._stored = info.compress_type == zipfile.ZIP_STORED
         self._offset = self._data_offset(info) + header_size if self._stored else 0

@@ -40,6 +40,7 @@ from spherear.eval.features import cache_dir
 from spherear.eval.metrics import feature_statistics, frechet_distance
 from spherear.eval.npz import NpzImages, PreparedReference, file_sha256
 from spherear.files import atomic_write, check_output, sweep, write_json
+from spherear.folder_kinds import check_output_file
 from spherear.runs import latest_samples, samples_recipe
 
 VERSION = 2  # bump when a probe trained by older code must not be reused
@@ -505,6 +506,8 @@ def eval_probe(
         say(f"data: {data} (data.prepared in {recipe_path})")
     out = out or samples.parent / "eval-probe.json"
     check_output(out, "--json", folder=False)  # before the work, not after
+    check_output_file(out, "--json", [samples, samples.parent / "labels.npy", data])
+    NpzImages(samples)  # an empty or damaged file stops here, before a probe is trained
     sweep(out.parent, recursive=False)
     report = evaluate(samples, data, flip_invariant=recipe is not None and recipe.augment.hflip)
     say(format_table(report))

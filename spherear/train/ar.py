@@ -16,24 +16,35 @@ import torch
 
 from spherear.checkpoints import load_vae, save_pretrained
 from spherear.config import Recipe, RecipeError
+from spherear.folder_lock import hold
 from spherear.grids import save_grid
 from spherear.models import build_ar
 from spherear.train.ar_inputs import MicroBatches, encode, open_inputs, vae_path
 from spherear.train.loop import Loop
 from spherear.train.optim import EMA, adamw
+from spherear.train.session import check_run_dir
 from spherear.train.state import Part
 
 GRID_CLASSES, GRID_PER_CLASS = 8, 4
 
 
-def train_ar(recipe: Recipe, progress: bool = True) -> Path:
-    """Train (or resume) ``recipe``'s AR model; returns the export folder."""
+def train_ar(recipe: Recipe, progress: bool = True, allow_changes: bool = False) -> Path:
+    """Train (or resume) ``recipe``'s AR model, one command per run folder at a time;
+    ``allow_changes``: resume with other settings (recorded); returns the export folder."""
     if recipe.ar is None:
         raise RecipeError("the recipe has no [ar] section; train-ar needs an AR recipe")
+    inputs = [recipe.data.prepared, recipe.train.vae_checkpoint]
+    if recipe.train.inputs == "latents":
+        inputs.append(recipe.data.latents)
+    with hold(check_run_dir(recipe, inputs), "train-ar"):
+        return _train_ar(recipe, progress, allow_changes)
+
+
+def _train_ar(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
     # the data, the S-VAE and the recipe are checked against each other before any work
     source, recipe = open_inputs(recipe)
     vae = load_vae(vae_path(recipe), recipe.vae).vae.eval().requires_grad_(False)
-    loop = Loop(recipe, "train-ar", len(source), progress)
+    loop = Loop(recipe, "train-ar", len(source), progress, allow_changes)
     cfg, accelerator = recipe.train, loop.accelerator
     vae.to(accelerator.device)
 

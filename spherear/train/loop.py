@@ -51,10 +51,11 @@ class Loop:
     run, starts Accelerate, fixes the batch arithmetic, records the run and seeds torch, so
     every process builds the same initial weights."""
 
-    def __init__(self, recipe: Recipe, name: str, num_examples: int, progress: bool = True):
+    def __init__(self, recipe: Recipe, name: str, num_examples: int, progress: bool = True,
+                 allow_changes: bool = False):  # fmt: skip
         self.recipe, self.cfg, self.name, self.progress = recipe, recipe.train, name, progress
         self.run_dir = Path(recipe.run.output_dir)
-        check_resume(recipe, self.run_dir)
+        changes = check_resume(recipe, self.run_dir, allow_changes)
         self.accelerator = training_accelerator(self.cfg, self.run_dir)
         self.plan = BatchPlan.make(self.cfg, self.accelerator.num_processes)
         self.total = total_steps(self.cfg, steps_per_epoch(num_examples, self.plan.global_batch))
@@ -66,7 +67,7 @@ class Loop:
         self.ema: EMA | None = None
         self.step = 0
         if self.main:
-            record_run(recipe, self.run_dir)
+            record_run(recipe, self.run_dir, changes)
         torch.manual_seed(recipe.run.seed)
 
     def resume(self, parts: dict[str, Part], ema: EMA | None = None) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 from spherear.accelerator import make_accelerator
 from spherear.checkpoint_header import ROPE_CONVENTION
 from spherear.config import Recipe, TrainConfig, load_recipe, recipe_to_dict, save_recipe
 from spherear.files import check_output, differences, write_json
+from spherear.folder_kinds import RUN, check_output_folder
 from spherear.models.registry import spell_out
 from spherear.train import TrainingError
 from spherear.train.state import refuse_pickles
@@ -50,27 +52,64 @@ def fused_optimizers(accelerator) -> bool:
     return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def record_run(recipe: Recipe, run_dir: Path) -> None:
-    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``."""
+# Settings that shape what a run learns; a resume with others changes the run midway (the
+# schedule, the batches, the random stream), so it needs --allow-changes. Left out: what
+# only says how long to train or how to log, checkpoint and compute the same thing.
+FREE_TO_CHANGE = {
+    "run.name", "run.output_dir", "train.max_steps", "train.epochs", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.sample_every", "train.log_with",
+    "train.num_workers", "train.compile", "train.grad_checkpointing", "train.micro_batch_size",
+}  # fmt: skip
+TRAINING_SECTIONS = ("run", "train", "vae_loss", "augment")
+
+
+def check_run_dir(recipe: Recipe, inputs: list[str] = ()) -> Path:
+    """``run.output_dir``, checked before any work (and before its lock is taken): not
+    empty, not one of the run's ``inputs``, not a folder of another kind nor inside one."""
+    check_output_folder(recipe.run.output_dir, RUN, "run.output_dir", inputs)
+    return Path(recipe.run.output_dir)
+
+
+def record_run(recipe: Recipe, run_dir: Path, changes: str = "") -> None:
+    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``;
+    ``changes`` (settings a resume changed with --allow-changes) are added to its history."""
     save_recipe(spell_out(recipe), run_dir)
-    write_json(run_dir / RUN_RECORD, {"rope": ROPE_CONVENTION}, "run-record")
+    record = _run_record(run_dir)
+    history = record.get("allowed_changes", []) if isinstance(record, dict) else []
+    if changes:
+        history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes})
+    record = {"rope": ROPE_CONVENTION, **({"allowed_changes": history} if history else {})}
+    write_json(run_dir / RUN_RECORD, record, "run-record")
+
+
+def _run_record(run_dir: Path) -> dict:
+    try:
+        record = json.loads((run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _rope_of(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / RUN_RECORD).read_text()).get("rope")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _run_record(run_dir).get("rope")
 
 
-def check_resume(recipe: Recipe, run_dir: Path) -> None:
+def _training_settings(recipe: Recipe) -> dict:
+    spelled = recipe_to_dict(spell_out(recipe))
+    return {f"{section}.{k}": v for section in TRAINING_SECTIONS
+            for k, v in spelled.get(section, {}).items()
+            if f"{section}.{k}" not in FREE_TO_CHANGE}  # fmt: skip
+
+
+def check_resume(recipe: Recipe, run_dir: Path, allow_changes: bool = False) -> str:
     """Before any work: the run folder can be written, holds no pickle, and continues only
-    the architecture (and RoPE rule) it was started with."""
+    the architecture (and RoPE rule) it was started with, and only with the settings it
+    was trained with unless ``allow_changes``; returns the changes so allowed."""
     check_output(run_dir, "run.output_dir")
     refuse_pickles(run_dir)
     saved_path = run_dir / "recipe.toml"
     if not saved_path.is_file():
-        return
+        return ""
     saved = load_recipe(saved_path)
     trained = any((run_dir / "checkpoints").glob("step-*")) or (run_dir / "export").is_dir()
     if recipe.ar is not None and trained and _rope_of(run_dir) != ROPE_CONVENTION:
@@ -93,3 +132,11 @@ def check_resume(recipe: Recipe, run_dir: Path) -> None:
             f"{run_dir} holds a run of another architecture ({differ}); use another "
             "run.output_dir, or the run's own recipe to continue it"
         )
+    changes = differences(_training_settings(saved), _training_settings(recipe), now_word="here")
+    if changes and trained and not allow_changes:
+        raise TrainingError(
+            f"{run_dir} was trained with other settings ({changes}); continue it with its own "
+            f"recipe ({saved_path}), use another run.output_dir, or pass --allow-changes to "
+            "resume with these (recorded in its run.json)"
+        )
+    return changes if trained else ""

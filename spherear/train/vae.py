@@ -19,6 +19,7 @@ from spherear.config import Recipe, RecipeError, VAELossConfig
 from spherear.data.prepare import PreparedImages
 from spherear.data.splits import class_counts, held_out_split
 from spherear.data.transforms import to_tensor, train_view
+from spherear.folder_lock import hold
 from spherear.models import build_vae
 from spherear.models.vae import check_patch_code
 from spherear.train.batches import BatchPlan, StepBatches
@@ -33,6 +34,7 @@ from spherear.train.losses import (
 )
 from spherear.train.optim import adamw
 from spherear.train.patch_code import code_images
+from spherear.train.session import check_run_dir
 from spherear.train.state import Part
 
 CURVES = ("loss", "l1", "lpips", "kl", "g", "d", "held_out_psnr")
@@ -55,9 +57,15 @@ class ImageBatches(StepBatches):
         return to_tensor(view)
 
 
-def train_vae(recipe: Recipe, progress: bool = True) -> Path:
-    """Train (or resume) ``recipe``'s S-VAE (``[vae_loss]`` defaults if it has none); returns
-    the export folder."""
+def train_vae(recipe: Recipe, progress: bool = True, allow_changes: bool = False) -> Path:
+    """Train (or resume) ``recipe``'s S-VAE (``[vae_loss]`` defaults if it has none), one
+    command per run folder at a time; ``allow_changes``: resume with other settings
+    (recorded); returns the export folder."""
+    with hold(check_run_dir(recipe, [recipe.data.prepared]), "train-vae"):
+        return _train_vae(recipe, progress, allow_changes)
+
+
+def _train_vae(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
     recipe = dataclasses.replace(recipe, vae_loss=recipe.vae_loss or VAELossConfig())
     cfg, loss_cfg = recipe.train, recipe.vae_loss
     if 0 < loss_cfg.initial_kappa <= 1:
@@ -70,7 +78,7 @@ def train_vae(recipe: Recipe, progress: bool = True) -> Path:
     vgg = vgg_features(loss_cfg) if loss_cfg.perceptual_weight else None
     labels = images.labels()
     train, held = held_out_split(labels, held_out_count(len(images)), recipe.run.seed)
-    loop = Loop(recipe, "train-vae", len(train), progress)
+    loop = Loop(recipe, "train-vae", len(train), progress, allow_changes)
     accelerator = loop.accelerator
     if loop.main:
         write_held_out(loop.run_dir, held, class_counts(labels[held], images.info["class_names"]))
