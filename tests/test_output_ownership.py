@@ -72,7 +72,8 @@ CONFLICTS = [
      lambda w: ["sample", "--n", "4", "-c", str(_export(w / "x")), "--out", str(w / "x")],
      "would write over this command's input"),
     ("sample-into-prepared-data",
-     lambda w: ["sample", "--n", "4", "-c", str(_export(w / "x")), "--out", str(_prepared(w / "d"))],
+     lambda w: ["sample", "--n", "4", "-c", str(_export(w / "x")), "--out",
+                str(_prepared(w / "d"))],
      "is a prepared dataset (info.json), not a sample set"),
     ("sample-into-a-runs-root",
      lambda w: [_run(w / "runs" / "ar"), "sample", "--n", "4", "-c", str(_export(w / "x")),
@@ -91,7 +92,8 @@ CONFLICTS = [
                 f"run.output_dir='{w / 'lat'}'", "--set", f"data.latents='{w / 'lat'}'"],
      "would write over this command's input"),
     ("empty-run-dir",
-     lambda w: ["train-ar", "-r", str(ROOT / "recipes" / "tiny.toml"), "--set", "run.output_dir=''"],
+     lambda w: ["train-ar", "-r", str(ROOT / "recipes" / "tiny.toml"), "--set",
+                "run.output_dir=''"],
      "run.output_dir is empty"),
     ("prepare-into-its-source",
      lambda w: ["prepare-data", "--source", f"folder:{_prepared(w / 'img')}", "--out",
@@ -129,9 +131,11 @@ def test_a_live_lock_is_refused_and_a_killed_ones_is_taken_over(tmp_path, capsys
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE,
                               text=True)  # fmt: skip
     assert holder.stdout.readline() == "held\n"
-    with pytest.raises(LockedError, match=f"another writer holds it \\(PID {holder.pid} on "):
-        with hold(folder, "test"):
-            pass
+    with (
+        pytest.raises(LockedError, match=f"another writer holds it \\(PID {holder.pid} on "),
+        hold(folder, "test"),
+    ):
+        pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert lock_path(folder).is_file()  # a kill -9 leaves the file behind
