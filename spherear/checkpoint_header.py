@@ -20,7 +20,7 @@ from typing import Literal, get_args
 
 from spherear.config import Recipe, SampleConfig, VAEConfig, recipe_from_dict
 from spherear.errors import SpherearError
-from spherear.files import read_json
+from spherear.files import DamagedError, check_zip_inflation, read_json
 
 FORMAT_NAME = "spherear"
 FORMAT_VERSION = 2
@@ -101,11 +101,14 @@ def read_pickled(path: str | Path) -> dict | None:
         return None
     try:
         with zipfile.ZipFile(path) as archive:
+            check_zip_inflation(path, archive)
             name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
             if name is None:
                 raise CheckpointError(f"{path}: a zip file, but no torch checkpoint (no data.pkl)")
             with archive.open(name) as f:
                 return _Unpickler(f).load()
+    except DamagedError as e:
+        raise CheckpointError(str(e)) from None
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to unpickle it ({e}); only tensors, plain containers and "

@@ -28,6 +28,8 @@ import re
 import shutil
 import signal
 import sys
+import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -418,6 +420,18 @@ def read_json(path: str | Path, fix: str) -> Any:
         raise DamagedError(f"{path}: damaged, {what}; {fix}") from None
 
 
+def check_zip_inflation(path: Path, archive: zipfile.ZipFile) -> None:
+    """torch.save stores the members of its zip uncompressed, so they inflate to about the
+    file's size; members that would inflate to more than twice it are refused before one
+    byte is inflated (a small file must not cost gigabytes of memory)."""
+    total, size = sum(i.file_size for i in archive.infolist()), path.stat().st_size
+    if total > 2 * size + (1 << 20):
+        raise DamagedError(
+            f"{path}: its zip members inflate to {total} bytes from a {size}-byte file; "
+            "torch.save never compresses, so this is no torch checkpoint (a zip bomb?)"
+        )
+
+
 def load_torch_file(path: str | Path, allowed: tuple = (), what: str = "torch file") -> Any:
     """``torch.load`` that only builds tensors, containers and the ``allowed`` classes: a
     file that asks for anything else (code to run) is refused in one line, without the
@@ -430,8 +444,13 @@ def load_torch_file(path: str | Path, allowed: tuple = (), what: str = "torch fi
     if not path.is_file():
         what = "a folder, not a file" if path.exists() else "no such file or folder"
         raise DamagedError(f"{path}: {what}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            check_zip_inflation(path, archive)
     try:
-        with torch.serialization.safe_globals(list(allowed)):
+        # torch warns about the legacy format and mmap before its own refusal: one line only
+        with torch.serialization.safe_globals(list(allowed)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -37,9 +38,39 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise SpherearError(f"{path}: not an .npz file (not a zip archive); {LAYOUT}") from None
 
 
+def npy_header(
+    path: Path, archive: zipfile.ZipFile, name: str
+) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, header bytes) of the ``.npy`` member ``name``, read from
+    its first bytes: nothing is inflated past the header. A member whose zip entry inflates
+    to more or fewer bytes than its header says is refused (a zip bomb, or damage); an
+    object array (a pickle) is left for the caller to refuse by its dtype."""
+    info = archive.getinfo(name)
+    try:
+        with archive.open(info) as f:
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(np.lib.format.read_magic(f))
+            if read_header is None:
+                raise ValueError("unknown .npy version")
+            shape, fortran, dtype = read_header(f)
+            header_size = f.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise SpherearError(f"{path}: {name} is not a readable .npy ({e}); {LAYOUT}") from None
+    needed = header_size + math.prod(shape) * dtype.itemsize
+    if not dtype.hasobject and info.file_size != needed:  # objects: refused by the caller
+        raise SpherearError(
+            f"{path}: {name} inflates to {info.file_size} bytes but its header ({dtype}, shape "
+            f"{tuple(shape)}) needs {needed}; the file is damaged or crafted: write it again"
+        )
+    return tuple(shape), fortran, dtype, header_size
+
+
 class NpzImages:
-    """``arr_0`` of an ``.npz``, validated and read by index range: memory-mapped when the
-    archive stores it uncompressed (``np.savez``, ADM's files), else loaded whole."""
+    """``arr_0`` of an ``.npz``, validated from its header and read by index range:
+    memory-mapped when the archive stores it uncompressed (``np.savez``, ADM's files), else
+    inflated as a stream, so memory stays bounded by the range read."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -48,15 +79,7 @@ class NpzImages:
                 keys = ", ".join(n.removesuffix(".npy") for n in archive.namelist()) or "none"
                 raise SpherearError(f"{self.path}: no arr_0 array (it holds {keys}); {LAYOUT}")
             info = archive.getinfo("arr_0.npy")
-            with archive.open(info) as f:
-                read_header = {
-                    (1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0,
-                }.get(np.lib.format.read_magic(f))
-                if read_header is None:
-                    raise SpherearError(f"{self.path}: arr_0 is not a readable .npy; {LAYOUT}")
-                shape, fortran, dtype = read_header(f)
-                header_size = f.tell()
+            shape, fortran, dtype, header_size = npy_header(self.path, archive, "arr_0.npy")
         if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran:
             raise SpherearError(
                 f"{self.path}: arr_0 is {dtype} with shape {tuple(shape)}"
@@ -66,6 +89,7 @@ class NpzImages:
             raise SpherearError(f"{self.path}: arr_0 holds no images (shape {tuple(shape)})")
         self.shape: tuple[int, int, int, int] = tuple(shape)
         self._stored = info.compress_type == zipfile.ZIP_STORED
+        self._header_size = header_size
         self._offset = self._data_offset(info) + header_size if self._stored else 0
         needed = self._offset + int(np.prod(self.shape))
         if self._stored and needed > self.path.stat().st_size:
@@ -73,7 +97,7 @@ class NpzImages:
                 f"{self.path}: truncated ({self.path.stat().st_size} bytes, arr_0 needs "
                 f"{needed}); write or copy it again"
             )
-        self._array: np.ndarray | None = None
+        self._stream: tuple[zipfile.ZipFile, object, int] | None = None  # archive, member, row
         self._sha256: str | None = None
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
@@ -98,10 +122,31 @@ class NpzImages:
         if self._stored:
             images = np.memmap(self.path, np.uint8, "r", self._offset, (len(self) * row,))
             return np.array(images[start * row : stop * row]).reshape(-1, *self.shape[1:])
-        if self._array is None:  # compressed (np.savez_compressed): no slicing in place
-            with np.load(self.path, allow_pickle=False) as f:
-                self._array = f["arr_0"]
-        return self._array[start:stop]
+        return self._inflate(start, stop, row)
+
+    def _inflate(self, start: int, stop: int, row: int) -> np.ndarray:
+        """Compressed (np.savez_compressed): no slicing in place, so the member is inflated
+        as a stream, kept open for the next range; a range behind it starts over."""
+        if self._stream is None or self._stream[2] > start:
+            self.close()
+            archive = zipfile.ZipFile(self.path)
+            member = archive.open("arr_0.npy")
+            member.read(self._header_size)
+            self._stream = (archive, member, 0)
+        archive, member, at = self._stream
+        while at < start:  # skipped in slices of bounded size
+            step = min(start - at, max(1, (4 << 20) // row))
+            member.read(step * row)
+            at += step
+        data = member.read((stop - start) * row)
+        self._stream = (archive, member, stop)
+        return np.frombuffer(data, np.uint8).reshape(-1, *self.shape[1:]).copy()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream[1].close()
+            self._stream[0].close()
+            self._stream = None
 
     def cache_key(self) -> str:
         if self._sha256 is None:  # hashing 10 GB takes seconds: once per evaluation
@@ -208,18 +253,22 @@ def open_reference(path: str | Path, resolution: tuple[int, int]) -> Reference:
         names = {n.removesuffix(".npy") for n in archive.namelist()}
     stats = {}
     if {"mu", "sigma"} <= names:
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                stats = {k: f[k].astype(np.float64) for k in STAT_SHAPES if k in names}
-        except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays: a pickle
-            why = " ".join(str(e).split())
-            raise SpherearError(f"{path}: stored statistics are unreadable ({why})") from None
-        wrong = [f"{k} {v.shape}" for k, v in stats.items() if v.shape != STAT_SHAPES[k]]
+        # shapes from the headers first: nothing is inflated that cannot be used
+        with _open_zip(path) as archive:
+            headers = {k: npy_header(path, archive, f"{k}.npy") for k in STAT_SHAPES if k in names}
+        wrong = [f"{k} {h[0]}" for k, h in headers.items()
+                 if h[0] != STAT_SHAPES[k] and not h[2].hasobject]  # fmt: skip
         if wrong:
             raise SpherearError(
                 f"{path}: stored statistics of the wrong shape ({', '.join(wrong)}); an ADM "
                 "reference holds mu (2048), sigma (2048 x 2048), mu_s (2023), sigma_s (2023 x 2023)"
             )
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stats = {k: f[k].astype(np.float64) for k in headers}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays: a pickle
+            why = " ".join(str(e).split())
+            raise SpherearError(f"{path}: stored statistics are unreadable ({why})") from None
     _check_statistics(path, stats)
     if "arr_0" not in names and stats:
         return Reference(path, None, stats)

@@ -118,14 +118,18 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def check_resolution(data: str | Path, info: dict, resolution: int) -> None:
-    """``prepare-data`` keeps images at a short side of resolution / min_crop_fraction
-    (``settings.short_side``): between 1x and 2x the resolution it was prepared for."""
+def check_probe_resolution(resolution: int) -> None:
     if resolution > MAX_RESOLUTION:
         raise SpherearError(
             f"{resolution}px images: the probe is for {MAX_RESOLUTION}px or less; "
             "use `spherear eval-fid` at this resolution"
         )
+
+
+def check_resolution(data: str | Path, info: dict, resolution: int) -> None:
+    """``prepare-data`` keeps images at a short side of resolution / min_crop_fraction
+    (``settings.short_side``): between 1x and 2x the resolution it was prepared for."""
+    check_probe_resolution(resolution)
     short_side = info["settings"]["short_side"]
     if not resolution <= short_side <= 2 * resolution:
         raise SpherearError(
@@ -362,6 +366,7 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if npz.shape[1] != npz.shape[2]:
         raise SpherearError(f"{path}: images are {npz.shape[1]}x{npz.shape[2]}; need square")
+    check_probe_resolution(npz.shape[1])  # from the header: before anything is inflated
     return npz.read(0, len(npz)), labels.astype(np.int64)
 
 
