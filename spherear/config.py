@@ -42,9 +42,12 @@ MAX_STEPS = 100_000  # head sampler steps per token
 MAX_INTEGER = 2**53
 
 
-def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
-    """A field whose value (each value, for lists) must lie in [low, high]."""
-    return field(default=default, metadata={"range": (low, high)})
+def bounded(
+    default: Any, low: float | None = None, high: float | None = None, most: int | None = None
+) -> Any:
+    """A field whose value (each value, for lists) must lie in [low, high], and (a size)
+    be at most ``most``, the upper bound above which nothing is built."""
+    return field(default=default, metadata={"range": (low, high), "most": most})
 
 
 def check_head_dim(where: str, width: tuple[str, int], heads: tuple[str, int]) -> None:
@@ -70,13 +73,13 @@ class VAEConfig:
     """The S-VAE tokenizer. ``channels`` are the conv widths from the image side; the last
     one is the transformer width, and each step between two entries halves the resolution."""
 
-    resolution: int = bounded(256, 1, MAX_RESOLUTION)
-    latent_dim: int = bounded(16, 2, MAX_WIDTH)
-    channels: tuple[int, ...] = bounded((64, 64, 128, 256, 512), 4, MAX_WIDTH)
-    num_heads: int = bounded(8, 1, MAX_DEPTH)
-    encoder_depth: int = bounded(6, 0, MAX_DEPTH)
-    decoder_depth: int = bounded(12, 0, MAX_DEPTH)
-    num_registers: int = bounded(4, 0, MAX_DEPTH)
+    resolution: int = bounded(256, 1, most=MAX_RESOLUTION)
+    latent_dim: int = bounded(16, 2, most=MAX_WIDTH)
+    channels: tuple[int, ...] = bounded((64, 64, 128, 256, 512), 4, most=MAX_WIDTH)
+    num_heads: int = bounded(8, 1, most=MAX_DEPTH)
+    encoder_depth: int = bounded(6, 0, most=MAX_DEPTH)
+    decoder_depth: int = bounded(12, 0, most=MAX_DEPTH)
+    num_registers: int = bounded(4, 0, most=MAX_DEPTH)
     # A linear path from each pixel patch to its token and back (not in the paper's
     # tokenizer): the code starts near a PCA of the patches, so a few hundred steps reach
     # a usable PSNR; the CNN learns what the linear code misses.
@@ -115,19 +118,19 @@ class ARConfig:
     registry; any architecture field set here overrides that row."""
 
     size: str = "B"
-    depth: int | None = bounded(None, 1, MAX_DEPTH)
-    num_heads: int | None = bounded(None, 1, MAX_DEPTH)
-    width: int | None = bounded(None, 4, MAX_WIDTH)
-    head_depth: int | None = bounded(None, 1, MAX_DEPTH)
-    head_width: int | None = bounded(None, 1, MAX_WIDTH)
-    head_groups: int | None = bounded(None, 1, MAX_DEPTH)
+    depth: int | None = bounded(None, 1, most=MAX_DEPTH)
+    num_heads: int | None = bounded(None, 1, most=MAX_DEPTH)
+    width: int | None = bounded(None, 4, most=MAX_WIDTH)
+    head_depth: int | None = bounded(None, 1, most=MAX_DEPTH)
+    head_width: int | None = bounded(None, 1, most=MAX_WIDTH)
+    head_groups: int | None = bounded(None, 1, most=MAX_DEPTH)
     # unset: the prepared data's class count (info.json); a value that disagrees is refused
-    num_classes: int | None = bounded(None, 1, MAX_CLASSES)
+    num_classes: int | None = bounded(None, 1, most=MAX_CLASSES)
     # the names of labels 0..num_classes-1; unset: the data's (train-ar records them)
     class_names: tuple[str, ...] = ()
-    num_class_tokens: int = bounded(16, 1, MAX_DEPTH)
+    num_class_tokens: int = bounded(16, 1, most=MAX_DEPTH)
     class_dropout: float = bounded(0.1, 0, 1)
-    diff_batch_mul: int = bounded(4, 1, MAX_DEPTH)
+    diff_batch_mul: int = bounded(4, 1, most=MAX_DEPTH)
 
     def check(self, where: str) -> None:
         if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
@@ -234,9 +237,9 @@ class SampleConfig:
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
-    steps: int = bounded(100, 1, MAX_STEPS)
+    steps: int = bounded(100, 1, most=MAX_STEPS)
     sampler: Literal["sde", "ode", "heun"] = "sde"
-    steps_last: int = bounded(0, 0, MAX_STEPS)
+    steps_last: int = bounded(0, 0, most=MAX_STEPS)
     temperature: float = bounded(1.0, 0)
     compile: bool = False
 
@@ -370,6 +373,7 @@ def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
     for f in dataclasses.fields(cls):
         if "range" in f.metadata and f.name in kwargs:
             _check_range(kwargs[f.name], *f.metadata["range"], pre + f.name, where)
+            _check_most(kwargs[f.name], f.metadata["most"], pre + f.name, where)
     return cls(**kwargs)
 
 
@@ -379,6 +383,15 @@ def _check_range(value: Any, low: float | None, high: float | None, key: str, wh
             continue
         wanted = f">= {low}" if high is None else f"between {low} and {high}"
         raise RecipeError(f"{where}: '{key}' must be {wanted}, got {value!r}")
+
+
+def _check_most(value: Any, most: int | None, key: str, where: str) -> None:
+    for v in value if isinstance(value, tuple) else (value,):
+        if most is not None and v is not None and v > most:
+            raise RecipeError(
+                f"{where}: '{key}' is {v}, above {most}, the most spherear builds (many times "
+                "the paper's largest model); check the value"
+            )
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -389,6 +390,34 @@ def check_records(folder: str | Path, records: dict[str, dict], content: bool = 
         problem = check_record(Path(folder) / name, record, content)
         if problem:
             raise DamagedError(f"{Path(folder) / name}: damaged ({problem})")
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+
+
+def cache_dir(kind: str = "features") -> Path:
+    """``$SPHEREAR_CACHE/<kind>``, else ``~/.cache/spherear/<kind>``; where that cannot be
+    written (a read-only HOME), a folder of this user's in the temporary directory, said
+    once: a cache must never stop a command after its work is done."""
+    root = os.environ.get("SPHEREAR_CACHE")
+    folder = Path(root) / kind if root else Path.home() / ".cache" / "spherear" / kind
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"spherear-cache-{os.getuid()}" / kind
+    if kind not in _fallbacks_said:
+        note(f"{folder} cannot be written; caching in {fallback} instead (set SPHEREAR_CACHE "
+             "to choose)")  # fmt: skip
+        _fallbacks_said.add(kind)
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+_fallbacks_said: set[str] = set()
 
 
 # ---------------------------------------------------------------------------------------

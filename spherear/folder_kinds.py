@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from spherear.errors import SpherearError
+from spherear.files import check_output
 
 # the files whose names mark a spherear folder, never to be taken by a report
 MARKERS = {"config.json", "recipe.toml", "run.json", "info.json", "settings.json",
@@ -77,14 +78,10 @@ def _check_inputs(path: Path, option: str, inputs: Iterable[str | Path | None]) 
         if given is None or str(given) == "" or "://" in str(given):
             continue
         source = _absolute(given)
-        if _same_or_inside(here, source) or (source.exists() and source in here.parents):
+        if _same_or_inside(here, source):
             raise OutputConflict(
                 f"{option} {path}: would write over this command's input {given}; choose "
                 "another path"
-            )
-        if path.exists() and path.is_dir() and _same_or_inside(source, here):
-            raise OutputConflict(
-                f"{option} {path}: holds this command's input {given}; choose another path"
             )
 
 
@@ -101,12 +98,15 @@ def _check_ancestors(path: Path, kind: str, option: str) -> None:
 def check_output_folder(
     path: str | Path, kind: str, option: str, inputs: Iterable[str | Path | None] = ()
 ) -> None:
-    """Before any work: ``path`` can become (or already is) ``kind``: it is no input of the
-    command, not a folder of another kind nor inside one, and not a folder of other things
-    (the current folder, a runs/ root)."""
+    """Before any work (and before its lock is taken): ``path`` can be written and become
+    (or already is) ``kind``: it is no input of the command nor inside one, not a folder of
+    another kind nor inside one, and for a run or a sample set not a folder that holds
+    other spherear folders (a runs/ root). A prepared dataset and a latent cache refuse any
+    other folder that is not empty themselves."""
     if not str(path).strip():
         raise OutputConflict(f"{option} is empty; name a folder for {kind}, e.g. runs/my_run")
     path = Path(path)
+    check_output(path, option)
     _check_inputs(path, option, inputs)
     found = kind_of(path)
     if found is not None and found[0] != kind:
@@ -114,7 +114,7 @@ def check_output_folder(
             f"{option} {path}: is {found[0]} ({found[1]}), not {kind}; choose another path"
         )
     _check_ancestors(path, kind, option)
-    if found is None and path.is_dir():
+    if found is None and path.is_dir() and kind in (RUN, SAMPLES):
         inner = next(((p, kind_of(p)) for p in sorted(path.iterdir()) if kind_of(p)), None)
         if inner is not None:
             raise OutputConflict(

@@ -4,8 +4,8 @@ A command that writes a folder (a training run, a sample set, a prepared dataset
 cache) first takes its lock: the file ``.NAME.lock`` beside the folder ``NAME``, holding the
 writer's PID, host and command. The file is locked with ``flock``, which the kernel
 releases when the process dies however it dies (kill -9 included), so a lock left by a
-killed writer is simply taken over by the next one, which says so; a live writer's lock
-is refused in one line naming it. The lock sits beside the folder, not in it, so a folder
+killed writer is simply taken over by the next one; a live writer's lock is refused in one
+line naming it. The lock sits beside the folder, not in it, so a folder
 that is published by renaming (prepare-data) or checked for emptiness keeps its content.
 
 Under torchrun or ``accelerate launch`` only the first process (RANK 0) takes the lock:
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spherear.errors import SpherearError
-from spherear.files import OutputError, explain, note
+from spherear.files import OutputError, explain
 
 
 class LockedError(SpherearError):
@@ -87,9 +87,8 @@ def hold(folder: str | Path, command: str) -> Iterator[None]:
             f"{folder}: another writer holds it ({_holder(_read(path))}); wait for it to "
             f"finish or stop it, then rerun (its lock is {path})"
         )
-    left = os.pread(fd, 4096, 0).decode(errors="replace")
-    if left.strip():
-        note(f"{folder}: taking over the lock of {_holder(left)}, which is no longer running")
+    # a lock file with a holder in it was left by a killed writer: ours now, silently, as
+    # the rerun after a kill must behave like the first run
     mine = f"pid={os.getpid()} host={socket.gethostname()} command={command}\n"
     os.ftruncate(fd, 0)
     os.pwrite(fd, mine.encode(), 0)

@@ -305,6 +305,9 @@ def sample_images(
 ) -> Result:
     """Sample ``plan`` into ``out`` on every process of ``accelerator``, continuing the
     finished chunks of an interrupted run with the same settings; one command at a time."""
+    if loaded.ar is None:
+        raise only_a_vae(loaded.description)
+    check_output(out, "--out")
     with hold(out, "sample"):
         return _sample_images(loaded, plan, Path(out), accelerator, progress)
 
@@ -312,9 +315,6 @@ def sample_images(
 def _sample_images(loaded: Loaded, plan: Plan, out: Path, accelerator, progress: bool) -> Result:
     from tqdm import tqdm
 
-    if loaded.ar is None:
-        raise only_a_vae(loaded.description)
-    check_output(out, "--out")
     labels = class_labels(plan.n, loaded.recipe.ar.num_classes, plan.labels, plan.seed)
     main = accelerator.is_main_process
     saved = saved_settings(out)

@@ -104,15 +104,15 @@ def test_toml_writer_escapes_strings():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("ar.num_heads=0", "'ar.num_heads' must be between 1 and 1024, got 0"),
-        ("sample.steps=0", "'sample.steps' must be between 1 and 100000, got 0"),
+        ("ar.num_heads=0", "'ar.num_heads' must be >= 1, got 0"),
+        ("sample.steps=0", "'sample.steps' must be >= 1, got 0"),
         ("ar.class_dropout=2", "'ar.class_dropout' must be between 0 and 1, got 2.0"),
-        ("vae.channels=[0, 4]", "'vae.channels' must be between 4 and 65536, got (0, 4)"),
+        ("vae.channels=[0, 4]", "'vae.channels' must be >= 4, got (0, 4)"),
         # sizes past the documented upper bounds: refused before anything is built
-        ("ar.depth=1000000", "'ar.depth' must be between 1 and 1024, got 1000000"),
-        ("ar.width=1099511627776", "'ar.width' must be between 4 and 65536"),
-        ("vae.resolution=1000000000", "'vae.resolution' must be between 1 and 8192"),
-        ("ar.num_classes=1000000000000", "'ar.num_classes' must be between 1 and 1000000"),
+        ("ar.depth=1000000", "'ar.depth' is 1000000, above 1024, the most spherear builds"),
+        ("ar.width=1099511627776", "'ar.width' is 1099511627776, above 65536"),
+        ("vae.resolution=1000000000", "'vae.resolution' is 1000000000, above 8192"),
+        ("ar.num_classes=1000000000000", "'ar.num_classes' is 1000000000000, above 1000000"),
         (
             "sample.steps=1" + "0" * 400,
             "'sample.steps' is too large (an integer of more than 20 digits)",

@@ -43,10 +43,14 @@ def _set(section: str, key: str, value):
 
 # (id, how config.json is altered, what the one line says)
 CONFIGS = [
-    ("depth", _set("ar", "depth", 1_000_000), "'ar.depth' must be between 1 and 1024"),
-    ("width", _set("ar", "width", 2**40), "'ar.width' must be between 4 and 65536"),
-    ("resolution", _set("vae", "resolution", 10**9), "'vae.resolution' must be between 1 and 8192"),
-    ("classes", _set("ar", "num_classes", 10**12), "'ar.num_classes' must be between 1 and"),
+    ("depth", _set("ar", "depth", 1_000_000), "'ar.depth' is 1000000, above 1024"),
+    ("width", _set("ar", "width", 2**40), "'ar.width' is 1099511627776, above 65536"),
+    ("resolution", _set("vae", "resolution", 10**9), "'vae.resolution' is 1000000000, above 8192"),
+    (
+        "classes",
+        _set("ar", "num_classes", 10**12),
+        "'ar.num_classes' is 1000000000000, above 1000000",
+    ),
     ("steps", _set("sample", "steps", 10**400), "'sample.steps' is too large"),
     ("names", _set("ar", "class_names", ["one"]), "ar.class_names has 1 names for ar.num_classes"),
     ("cfg", _set("sample", "cfg", float("inf")), "'sample.cfg' must be a finite number"),

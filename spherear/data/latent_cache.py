@@ -47,7 +47,6 @@ from spherear.errors import SpherearError
 from spherear.files import (
     DamagedError,
     atomic_write,
-    check_output,
     check_record,
     check_safetensors,
     differences,
@@ -205,6 +204,8 @@ def cache_latents(
 ) -> dict:
     """Encode a prepared dataset into ``out``, one command at a time; returns the manifest."""
     check_output_folder(out, CACHE, "--out", [data_dir, vae_path])
+    if _saved_settings(Path(out)) is None and Path(out).exists() and any(Path(out).iterdir()):
+        raise CacheError(f"{out} exists and is not a latent cache; choose another --out")
     with hold(out, "cache-latents"):
         return _cache_latents(recipe, vae, vae_path, data_dir, out, accelerator, progress)
 
@@ -219,7 +220,6 @@ def _cache_latents(
     main = accelerator.is_main_process
     say = note if main else (lambda message: None)
     out, data_dir = Path(out), Path(data_dir)
-    check_output(out, "--out")
     if main:
         sweep(out)
     accelerator.wait_for_everyone()  # nobody looks at the folder before it is swept
@@ -235,8 +235,6 @@ def _cache_latents(
             f"{out} holds {complete} cache made with other settings ({differ}); rerun with "
             "those, or choose another --out (or delete it to start over)"
         )
-    if saved is None and out.exists() and any(out.iterdir()):
-        raise CacheError(f"{out} exists and is not a latent cache; choose another --out")
     num_shards = math.ceil(len(images) / recipe.cache.shard_size)
     # every process has checked the folder as it was before anyone writes to it
     accelerator.wait_for_everyone()

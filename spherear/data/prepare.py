@@ -31,20 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from spherear.data.sources import (
     SYNTHETIC_IMAGES,
+    FolderSource,
     Shard,
+    Skipped,
     SourceError,
+    TarSource,
     open_source,
     split_name,
 )
 from spherear.files import (
     DamagedError,
     atomic_write,
-    check_output,
     check_record,
     differences,
     file_record,
@@ -60,6 +62,7 @@ from spherear.folder_lock import hold
 FORMAT_VERSION = 1
 INFO = "info.json"
 BAD = "bad_images.txt"
+EXIF_ORIENTATION = 0x0112
 BAD_KEY = b"spherear.bad_images"  # each shard's own list of skipped inputs, in its metadata
 ROW_GROUP_BYTES = 1 << 20  # random access decodes one row group: keep them about 1 MB
 
@@ -117,8 +120,12 @@ def encode_image(raw: bytes | np.ndarray, short_side: int) -> tuple[bytes, tuple
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF; the pixels are fine
             image = Image.open(io.BytesIO(raw))
             image.load()
+            # a camera's EXIF orientation: the pixels as the photo is meant to be seen
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) != 1
         lossless = image.format in ("PNG", "BMP", "TIFF", "GIF", "WEBP")
-        original = raw if image.format == "JPEG" and image.mode == "RGB" else None
+        original = raw if image.format == "JPEG" and image.mode == "RGB" and not turned else None
+        if turned:
+            image = ImageOps.exif_transpose(image)
     rgb = _to_rgb(image)
     scale = short_side / min(rgb.size)
     if scale < 1:
@@ -161,6 +168,9 @@ def _write_shard(task: tuple) -> tuple[int, int, list[str]]:
     rows = {"image": [], "label": [], "class_name": [], "key": []}
     bad = []
     for key, raw, label in source.read(shard):
+        if isinstance(raw, Skipped):
+            bad.append(f"{shard.name}/{key}\tskipped: {raw}")
+            continue
         try:
             data, _ = encode_image(raw, short_side)
         except Exception as e:  # a corrupt file must not end a run over a million images
@@ -234,6 +244,8 @@ def prepare_dataset(
     kind, _, rest = source.partition(":")
     local = Path(rest).expanduser() if kind in ("folder", "tar") and rest else None
     check_output_folder(out, PREPARED, "--out", [local])
+    if Path(out).exists() and not (Path(out) / INFO).is_file():
+        raise SourceError(f"{out} exists but is not a prepared dataset; choose another --out")
     with hold(out, "prepare-data"):
         return _prepare(source, Path(out), resolution, num_proc, split, num_images, seed,
                         min_crop_fraction, progress, say)  # fmt: skip
@@ -251,7 +263,6 @@ def _prepare(source: str, out: Path, resolution: int, num_proc: int, split: str,
                              ("--num-images", num_images, 1), ("--seed", seed, 0)]:  # fmt: skip
         if value < low:
             raise SourceError(f"{name} {value}: must be at least {low}")
-    check_output(out, "--out")
     # random crops cover down to min_crop_fraction of the short side and must still be at
     # least `resolution` pixels, so keep that much (never more: storage stays bounded)
     short_side = int(np.ceil(resolution / min_crop_fraction))
@@ -283,8 +294,6 @@ def _prepare(source: str, out: Path, resolution: int, num_proc: int, split: str,
         out.rename(partial)  # back to unfinished: only the damaged shards are redone
         for path, _ in damaged:
             (partial / path.relative_to(out)).unlink(missing_ok=True)
-    elif out.exists():
-        raise SourceError(f"{out} exists but is not a prepared dataset; choose another --out")
     if partial.exists() and _differences(_partial_info(partial), settings, absolute):
         shutil.rmtree(partial)  # our own leftovers from a run with other settings
     if not (partial / INFO).is_file():
@@ -358,7 +367,14 @@ def _finish(partial: Path, out: Path, settings: dict, absolute: str, src, shards
     for s in shards:
         path = _shard_path(partial, s.index)
         metadata = pq.read_metadata(path)
-        bad += json.loads(metadata.metadata[BAD_KEY])
+        skipped = json.loads(metadata.metadata[BAD_KEY])
+        if metadata.num_rows == 0 and isinstance(src, FolderSource | TarSource):
+            why = f"; the first skipped: {skipped[0]}" if skipped else ""
+            raise SourceError(
+                f"{src.description}: class {s.name} has no readable image ({len(skipped)} "
+                f"skipped{why}); add images to it or remove it"
+            )
+        bad += skipped
         num_images += metadata.num_rows
         records[path.relative_to(partial).as_posix()] = file_record(path)
     if num_images == 0:

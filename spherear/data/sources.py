@@ -13,6 +13,7 @@ import functools
 import io
 import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from spherear.errors import SpherearError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 WNID = re.compile(r"^n\d{8}$")
+# larger than any photograph; a bigger file (or /dev/zero behind a link) is skipped unread
+MAX_IMAGE_BYTES = 256 << 20
 SHARD_SIZE = 1000  # images per shard where a source has no natural unit (hub, synthetic)
 SYNTHETIC_IMAGES = 10_000  # how many images the synthetic source makes unless told
 # the folder names each split is read from in a folder: source; "val" also names the split
@@ -69,7 +72,47 @@ class Shard:
     items: list = field(default_factory=list)
 
 
-Raw = bytes | np.ndarray  # encoded file bytes, or pixels for generated images
+class Skipped(Exception):
+    """An entry of a source that is not read as an image; its message is the reason,
+    listed in the prepared dataset's bad_images.txt."""
+
+
+# encoded file bytes, pixels for generated images, or why an entry was skipped
+Raw = bytes | np.ndarray | Skipped
+
+
+def _utf8(name: str) -> str | None:
+    """``name`` if it is valid UTF-8 (the Parquet files store names as UTF-8), else None."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return None
+    return name
+
+
+def read_regular_file(path: Path) -> bytes | Skipped:
+    """The bytes of ``path`` if it is a regular file (after links) of at most
+    MAX_IMAGE_BYTES; else why not. Opened without blocking, so a FIFO cannot hang it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        return Skipped(f"cannot be opened ({e.strerror})")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return Skipped("not a regular file (a device, FIFO or socket, or a link to one)")
+        if info.st_size > MAX_IMAGE_BYTES:
+            return Skipped(f"{info.st_size} bytes, more than the {MAX_IMAGE_BYTES >> 20} MiB "
+                           "an image may have")  # fmt: skip
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            return Skipped(f"grew past {MAX_IMAGE_BYTES >> 20} MiB while it was read")
+        return data
+    except OSError as e:
+        return Skipped(f"cannot be read ({e.strerror})")
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -95,6 +138,12 @@ class FolderSource:
             wanted = " or ".join(f"{n}/" for n in SPLIT_FOLDERS[self.split])
             raise SourceError(f"folder:{self.root}: no {wanted} folder for --split {self.split}")
         folders = _class_folders(self.base)
+        odd = next((name for name in folders if _utf8(name) is None), None)
+        if odd is not None:
+            raise SourceError(
+                f"folder:{self.root}: class folder {ascii(odd)} has a name that is not UTF-8; "
+                "rename it (class names are stored as UTF-8 text)"
+            )
         if not folders:
             raise SourceError(
                 f"folder:{self.root}: no class folders in {self.base}; expected "
@@ -130,8 +179,12 @@ class FolderSource:
 
     def read(self, shard: Shard) -> Iterator[tuple[str, Raw, int]]:
         folder = self.base / shard.items[0]
+        label = self.labels[shard.items[0]]
         for path in sorted(p for p in folder.iterdir() if _is_image(p.name)):
-            yield path.name, path.read_bytes(), self.labels[shard.items[0]]
+            if _utf8(path.name) is None:
+                yield ascii(path.name), Skipped("its name is not UTF-8; rename it"), label
+            else:
+                yield path.name, read_regular_file(path), label
 
 
 @dataclass
@@ -164,6 +217,13 @@ class TarSource:
             )
         self.members = inner
         wnids = [Path(m).stem for m in inner]
+        twice = next((m for m in inner if wnids.count(Path(m).stem) > 1), None)
+        if twice is not None:
+            others = [m for m in inner if Path(m).stem == Path(twice).stem]
+            raise SourceError(
+                f"tar:{self.path}: {' and '.join(others)} are both class "
+                f"'{Path(twice).stem}'; keep one tar per class"
+            )
         self.labels, self.class_names = _class_labels(wnids)
 
     @property
@@ -182,11 +242,26 @@ class TarSource:
         label = self.labels[Path(member).stem]
         with tarfile.open(self.path) as outer:
             data = outer.extractfile(member).read()
-        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
-            files = sorted((m for m in inner.getmembers() if m.isfile()), key=lambda m: m.name)
-            for m in files:
-                if _is_image(m.name):
-                    yield Path(m.name).name, inner.extractfile(m).read(), label
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+                entries = sorted(inner.getmembers(), key=lambda m: m.name)
+                for m in (m for m in entries if _is_image(m.name)):
+                    yield Path(m.name).name, _read_member(inner, m), label
+        except (tarfile.TarError, EOFError, OSError) as e:
+            why = " ".join(str(e).split()) or type(e).__name__
+            yield "(the whole tar)", Skipped(f"not a readable tar ({why})"), label
+
+
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | Skipped:
+    if not member.isfile():
+        return Skipped("not a regular file in the tar (a link, device or folder)")
+    if member.size > MAX_IMAGE_BYTES:
+        return Skipped(f"{member.size} bytes, more than the {MAX_IMAGE_BYTES >> 20} MiB an image "
+                       "may have")  # fmt: skip
+    try:
+        return archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        return Skipped(f"damaged ({' '.join(str(e).split()) or type(e).__name__})")
 
 
 @dataclass
@@ -293,7 +368,8 @@ def _hub_hint(repo_id: str, error: Exception) -> str:
 
 
 def _class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    """The class folders: hidden ones (.git, .ipynb_checkpoints, .Trash) are not classes."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _is_image(name: str) -> bool:

@@ -25,7 +25,7 @@ from torch import nn
 from spherear.errors import SpherearError
 from spherear.eval.metrics import RunningStatistics, spatial_features
 from spherear.eval.npz import file_sha256
-from spherear.files import atomic_write, load_torch_file, note, sweep
+from spherear.files import atomic_write, cache_dir, load_torch_file, note, sweep
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
@@ -35,12 +35,6 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
     def read(self, start: int, stop: int) -> np.ndarray: ...
     def cache_key(self) -> str: ...
-
-
-def cache_dir(kind: str = "features") -> Path:
-    """``$SPHEREAR_CACHE/<kind>``, else ``~/.cache/spherear/<kind>``."""
-    root = os.environ.get("SPHEREAR_CACHE")
-    return Path(root) / kind if root else Path.home() / ".cache" / "spherear" / kind
 
 
 def default_inception_weights() -> Path:

@@ -36,10 +36,9 @@ from torch import nn
 
 from spherear.data.splits import class_counts, held_out_split, stratified_choice
 from spherear.errors import SpherearError
-from spherear.eval.features import cache_dir
 from spherear.eval.metrics import feature_statistics, frechet_distance
 from spherear.eval.npz import NpzImages, PreparedReference, file_sha256
-from spherear.files import atomic_write, check_output, sweep, write_json
+from spherear.files import atomic_write, cache_dir, check_output, sweep, write_json
 from spherear.folder_kinds import check_output_file
 from spherear.runs import latest_samples, samples_recipe
 

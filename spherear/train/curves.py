@@ -3,15 +3,18 @@ can be judged without starting TensorBoard."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from spherear.files import atomic_write
+from spherear.files import atomic_write, cache_dir
 from spherear.train.metrics import read_metrics
 
 
 def plot_curves(run_dir: str | Path, keys: tuple[str, ...], out_name: str = "curves.png") -> Path:
     """One panel per metric in ``keys`` that the run logged (and not only as 0), against
     the step."""
+    # matplotlib's font cache goes with spherear's caches, not into ~/.config or ~/.matplotlib
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir("matplotlib")))
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines

@@ -77,6 +77,12 @@ def _train_vae(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
     # weight 0 (the tiny recipe) needs no VGG weights at all; bad ones stop before any work
     vgg = vgg_features(loss_cfg) if loss_cfg.perceptual_weight else None
     labels = images.labels()
+    if held_out_count(len(images)) >= len(images):
+        raise RecipeError(
+            f"{recipe.data.prepared}: {len(images)} images, but train-vae holds "
+            f"{held_out_count(len(images))} out for its reconstruction grid and needs more to "
+            "train on; prepare a larger dataset"
+        )
     train, held = held_out_split(labels, held_out_count(len(images)), recipe.run.seed)
     loop = Loop(recipe, "train-vae", len(train), progress, allow_changes)
     accelerator = loop.accelerator
