@@ -49,21 +49,23 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    """A tar archive of ``files`` (name -> bytes), in memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 @pytest.fixture
 def image_tar(tmp_path) -> Path:
+    """ILSVRC2012_img_train.tar's layout: a tar of one <wnid>.tar per class."""
     path = tmp_path / "ILSVRC2012_img_train.tar"
-    with tarfile.open(path, "w") as outer:
-        for wnid, files in _files().items():
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as inner:
-                for name, data in files.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    inner.addfile(info, io.BytesIO(data))
-            info = tarfile.TarInfo(f"{wnid}.tar")
-            info.size = buffer.tell()
-            buffer.seek(0)
-            outer.addfile(info, buffer)
+    path.write_bytes(tar_bytes({f"{wnid}.tar": tar_bytes(files)
+                                for wnid, files in _files().items()}))  # fmt: skip
     return path
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from typer.testing import CliRunner
 from spherear.cli import app
 
 from ..conftest import ROOT
+from .conftest import tar_bytes
 
 runner = CliRunner()
 
@@ -117,24 +117,14 @@ def test_a_class_name_that_is_not_utf8_stops(tmp_path):
     one_line_error(_prepare(f"folder:{root}", tmp_path / "out"), "is not UTF-8; rename it")
 
 
-def _tar_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _imagenet_tar(path: Path, inner: dict[str, bytes]) -> Path:
-    path.write_bytes(_tar_of(inner))
+    path.write_bytes(tar_bytes(inner))
     return path
 
 
 def test_a_garbage_inner_tar_is_named(tmp_path):
     tar = _imagenet_tar(tmp_path / "train.tar", {
-        "n01440764.tar": _tar_of({"a.JPEG": _png(), "b.JPEG": _png((0, 0, 0))}),
+        "n01440764.tar": tar_bytes({"a.JPEG": _png(), "b.JPEG": _png((0, 0, 0))}),
         "n01443537.tar": b"this is not a tar at all " * 40,
     })  # fmt: skip
     one_line_error(_prepare(f"tar:{tar}", tmp_path / "out"),
@@ -144,8 +134,8 @@ def test_a_garbage_inner_tar_is_named(tmp_path):
 
 def test_a_class_twice_in_a_tar_stops(tmp_path):
     tar = _imagenet_tar(tmp_path / "train.tar", {
-        "x/n01440764.tar": _tar_of({"a.JPEG": _png()}),
-        "y/n01440764.tar": _tar_of({"b.JPEG": _png()}),
+        "x/n01440764.tar": tar_bytes({"a.JPEG": _png()}),
+        "y/n01440764.tar": tar_bytes({"b.JPEG": _png()}),
     })  # fmt: skip
     one_line_error(
         _prepare(f"tar:{tar}", tmp_path / "out"),
