@@ -119,8 +119,9 @@ def sample(
         say(f"sampling the newest train-ar run: {source.run}")
     loaded = load_checkpoint(source.checkpoint, weights)
     plan = plan or plan_with(loaded.recipe.sample)
-    out = out or default_out(source, plan)
-    check_output_folder(out, SAMPLES, "--out", [local])
+    if out is None:
+        out = default_out(source, plan)
+        check_output_folder(out, SAMPLES, "--out", [local])
     say(f"{loaded.description}: {plan.tag}, batch {plan.batch_size}, "
         f"{accelerator.num_processes} process(es) -> {out}")  # fmt: skip
     result = sample_images(loaded, plan, out, accelerator)
