@@ -45,6 +45,7 @@ from spherear.data.prepare import PreparedImages, data_fingerprint
 from spherear.data.transforms import center_crop, random_crop, to_tensor
 from spherear.errors import SpherearError
 from spherear.files import (
+    TEMPORARY,
     DamagedError,
     atomic_write,
     check_record,
@@ -204,7 +205,13 @@ def cache_latents(
 ) -> dict:
     """Encode a prepared dataset into ``out``, one command at a time; returns the manifest."""
     check_output_folder(out, CACHE, "--out", [data_dir, vae_path])
-    if _saved_settings(Path(out)) is None and Path(out).exists() and any(Path(out).iterdir()):
+    # refused before the lock is taken; a killed run's temporaries are no content
+    content = (
+        [p for p in Path(out).iterdir() if not TEMPORARY.match(p.name)]
+        if Path(out).is_dir()
+        else []
+    )
+    if _saved_settings(Path(out)) is None and content:
         raise CacheError(f"{out} exists and is not a latent cache; choose another --out")
     with hold(out, "cache-latents"):
         return _cache_latents(recipe, vae, vae_path, data_dir, out, accelerator, progress)
