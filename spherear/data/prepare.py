@@ -230,7 +230,8 @@ def prepare_dataset(
     ``num_images`` and ``seed`` are for the synthetic source only (default 10,000 images)."""
     out = Path(out)
     start = time.time()
-    if num_images is not None and source != "synthetic":
+    synthetic = source.partition(":")[0] == "synthetic"
+    if num_images is not None and not synthetic:
         say(f"--num-images / data.num_images is for the synthetic source only; {source} gives "
             f"every image of its {split} split")  # fmt: skip
     num_images = SYNTHETIC_IMAGES if num_images is None else num_images
@@ -249,7 +250,7 @@ def prepare_dataset(
         "source": "",
         "split": split,
         "short_side": short_side,
-        **({"num_images": num_images, "seed": seed} if source == "synthetic" else {}),
+        **({"num_images": num_images, "seed": seed} if synthetic else {}),
     }
     settings["source"], absolute = _source_setting(src, out)
     partial = out.parent / f".{out.name}.partial"

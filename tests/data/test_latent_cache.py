@@ -107,7 +107,8 @@ def test_loader_samples_lie_on_the_sphere_and_point_along_mu(reference):
     assert set(views) == {0, 1, 2}
     # with the view pinned, the mean of many loader draws is E[z] = mean_cosine * mu
     data.num_views = 1
-    mu, kappa, _ = data.posterior(7, 0)
+    params, _ = data.posterior(7, 0)
+    mu, kappa = params["mu"], params["kappa"]
     n = 3000
     mean = torch.stack([data[7][0] / 4.0 for _ in range(n)]).mean(0)
     along = (mean * mu).sum(-1)
@@ -118,8 +119,8 @@ def test_loader_samples_lie_on_the_sphere_and_point_along_mu(reference):
 
 def test_views_are_the_centre_crop_and_its_flip(setup, reference):
     data = LatentDataset(reference)
-    centre, _, _ = data.posterior(3, 0)
-    flip, _, _ = data.posterior(3, 1)
+    centre = data.posterior(3, 0)[0]["mu"]
+    flip = data.posterior(3, 1)[0]["mu"]
     assert not torch.equal(centre, flip)
 
 

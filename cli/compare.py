@@ -1,0 +1,36 @@
+"""``spherear compare``: run one of the paper's comparisons and write its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from spherear.cli.errors import user_errors
+
+
+@user_errors
+def compare(
+    comparison: Path = typer.Argument(
+        ..., help="A comparison file, e.g. recipes/ablations/latents.toml."
+    ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override a value of every recipe it builds, e.g. --set "
+        "data.source=folder:/my/images (repeatable).",
+    ),
+    report_only: bool = typer.Option(
+        False,
+        "--report-only",
+        help="Write the report from the runs finished so far; train nothing.",
+    ),
+) -> None:
+    """Train, sample and score every arm of a comparison for each of its seeds and datasets
+    (each stage resumes or is reused, so a rerun after a kill goes on), then write
+    report/README.md and PNG charts under output_dir/name."""
+    from spherear.compare import Runner, load_comparison, write_report
+
+    loaded = load_comparison(comparison, overrides)
+    out = write_report(loaded) if report_only else Runner(loaded, typer.echo).run()
+    typer.echo(f"report: {out / 'README.md'}")
