@@ -145,10 +145,10 @@ class TokenSampler:
         if self.paired:  # both halves from the same noise, as a guided step would see it
             noise = noise.repeat(2, 1)
             if sampler == "sde" and eps is None:  # drawn step by step, as the SDE would
-                rows = noise.shape[0] // 2
-                eps = torch.stack([torch.randn((rows, noise.shape[1]), device=noise.device,
-                                               generator=single) for _ in range(steps)])  # fmt: skip
-                eps = eps.repeat(1, 2, 1)
+                half = (noise.shape[0] // 2, noise.shape[1])
+                draws = [torch.randn(half, device=noise.device, generator=single)
+                         for _ in range(steps)]  # fmt: skip
+                eps = torch.stack(draws).repeat(1, 2, 1)
             elif eps is not None:
                 eps = eps.repeat(1, 2, 1)
         x = run_sampler(sampler, velocity, noise, steps, single, eps, self.settings.temperature)
