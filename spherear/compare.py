@@ -77,11 +77,15 @@ class Comparison:
     token_cfg_scales: list[float] = field(default_factory=list)
     token_samples: int = 100
     vae_only: bool = False
+    # also `spherear eval-fid` on every sample set (needs the recipe's eval.reference and
+    # the Inception weights): the column that matters at 256x256 on GPUs
+    eval_fid: bool = False
     output_dir: str = "runs/ablations"
     set: list[str] = field(default_factory=list)  # overrides of both recipes
     vae_set: list[str] = field(default_factory=list)  # of the VAE recipe only
     ar_set: list[str] = field(default_factory=list)  # of the AR recipe only
     sample: dict = field(default_factory=dict)  # sample options of every arm (arms override)
+    overrides: list[str] = field(default_factory=list)  # the command line's --set: last word
     paper: str = ""  # what the paper reports, for the README beside ours
     datasets: list[Dataset] = field(default_factory=lambda: [Dataset("synthetic")])
     arms: list[Arm] = field(default_factory=list)
@@ -91,9 +95,10 @@ class Comparison:
         return Path(self.output_dir) / self.name
 
 
-def load_comparison(path: str | Path, overrides: list[str] = ()) -> Comparison:
+def load_comparison(path: str | Path, overrides: list[str] = (), **replace) -> Comparison:
     """Read a comparison file; every recipe an arm builds is loaded once here, so a bad key
-    or a combination that makes no sense stops in one line before any work."""
+    or a combination that makes no sense stops in one line before any work. ``replace``
+    sets top-level keys (e.g. the 256px recipes, ``eval_fid``, another ``output_dir``)."""
     path = Path(path)
     if not path.is_file():
         raise CompareError(f"{path}: no such comparison file; the shipped ones are in "
@@ -102,17 +107,18 @@ def load_comparison(path: str | Path, overrides: list[str] = ()) -> Comparison:
         data = tomllib.loads(read_text(path, "save the comparison as UTF-8"))
     except tomllib.TOMLDecodeError as e:
         raise CompareError(f"{path}: not valid TOML ({e})") from None
-    names = {f.name for f in dataclasses.fields(Comparison)} - {"datasets", "arms"}
+    names = {f.name for f in dataclasses.fields(Comparison)} - {"datasets", "arms", "overrides"}
     unknown = set(data) - names - {"dataset", "arm"}
     if unknown:
         raise CompareError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(names)}")
     try:
         arms = [Arm(**a) for a in data.pop("arm", [])]
         datasets = [Dataset(**d) for d in data.pop("dataset", [])] or [Dataset("synthetic")]
+        data |= {k: v for k, v in replace.items() if v is not None}
         comparison = Comparison(**data, arms=arms, datasets=datasets)
     except TypeError as e:
         raise CompareError(f"{path}: {e}; see recipes/ablations/ for the keys") from None
-    comparison.set = [*comparison.set, *overrides]
+    comparison.overrides = list(overrides)
     if not comparison.arms:
         raise CompareError(f"{path}: no [[arm]] tables; a comparison needs at least one")
     if len({a.slug for a in comparison.arms}) < len(comparison.arms):
@@ -154,11 +160,12 @@ def _data_sets(c: Comparison, dataset: Dataset) -> list[str]:
 
 
 def _vae_changes(c: Comparison, arm: Arm, dataset: Dataset) -> list[str]:
-    return [*c.set, *_data_sets(c, dataset), *c.vae_set, *_vae_part(arm, "vae")]
+    return [*c.set, *_data_sets(c, dataset), *c.vae_set, *_vae_part(arm, "vae"), *c.overrides]
 
 
 def _ar_changes(c: Comparison, arm: Arm, dataset: Dataset) -> list[str]:
-    return [*c.set, *_data_sets(c, dataset), *c.ar_set, *_vae_part(arm, "ar"), *arm.ar]
+    return [*c.set, *_data_sets(c, dataset), *c.ar_set, *_vae_part(arm, "ar"), *arm.ar,
+            *c.overrides]  # fmt: skip
 
 
 def vae_dir(c: Comparison, arm: Arm, dataset: Dataset, seed: int) -> Path:
@@ -228,7 +235,8 @@ class Runner:
         for dataset in c.datasets:
             self.say(f"{c.name}: dataset {dataset.name}")
             self.spherear("prepare-data", "--recipe", c.vae_recipe,
-                          *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset)]))  # fmt: skip
+                          *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset),
+                                  *c.overrides]))  # fmt: skip
             for seed in c.seeds:
                 for arm in c.arms:
                     self.arm(arm, dataset, seed)
@@ -256,6 +264,8 @@ class Runner:
                               str(min(n, 200)), "--out", str(out), *_options(options))  # fmt: skip
             if cfg is None and not (out / "eval-probe.json").is_file():
                 self.spherear("eval-probe", str(out / "samples.npz"))
+            if cfg is None and c.eval_fid and not (out / "eval-fid.json").is_file():
+                self.spherear("eval-fid", str(out / "samples.npz"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,10 +326,12 @@ def collect(c: Comparison) -> list[dict]:
                 if not c.vae_only:
                     out = samples_dir(c, arm, dataset, seed)
                     probe = (_json(out / "eval-probe.json") or {}).get("metrics", {})
+                    fid = (_json(out / "eval-fid.json") or {}).get("metrics", {}).get("FID")
                     stats = _json(out / "token_stats.json") or {}
                     figures |= {
                         "cc": probe.get("probe_class_consistency"),
                         "fd": probe.get("FD_probe"),
+                        "fid": fid,
                         "ar_steps_per_s": _metric(ar_run, "steps_per_s"),
                         "norm_mean": stats.get("samples", {}).get("norm", {}).get("mean"),
                         "norm_std": stats.get("samples", {}).get("norm", {}).get("std"),
