@@ -22,9 +22,9 @@ from spherear.data.latent_cache import (
     read_manifest,
     view_names,
 )
-from spherear.data.prepare import prepare_dataset
+from spherear.data.prepare import PreparedImages, prepare_dataset
 from spherear.data.synthetic import render
-from spherear.data.transforms import random_crop
+from spherear.data.transforms import random_crop, to_tensor
 from spherear.models import build_vae
 from spherear.models.power_spherical import PowerSpherical
 
@@ -160,3 +160,29 @@ def test_without_hflip_no_view_is_mirrored(setup):
     crop = random_crop(image, recipe.vae.resolution, recipe.augment.random_crop_min, rng)
     assert without[1].tobytes() == crop.tobytes()
     assert with_flips[2].tobytes() in (crop.tobytes(), mirrored(crop).tobytes())
+
+
+def test_a_gaussian_vae_caches_mean_and_logvar_and_the_loader_draws_from_them(setup, tmp_path):
+    root, recipe = setup
+    recipe = replace(recipe, vae=replace(recipe.vae, posterior="gaussian"))
+    torch.manual_seed(0)
+    vae = build_vae(recipe)
+    save_pretrained(tmp_path / "vae", recipe, vae)
+    manifest = cache_latents(recipe, vae, tmp_path / "vae", root / "data", tmp_path / "cache",
+                             progress=False)  # fmt: skip
+    # mean and log-variance in fp32: 8 bytes per number, 16 numbers per token
+    assert manifest["bytes_per_view"] == recipe.vae.num_tokens * 8 * 16
+    data = LatentDataset(tmp_path / "cache")
+    params, label = data.posterior(5, 0)
+    assert set(params) == {"mean", "logvar"} and label == 5 % 10
+    centre = make_views(PreparedImages(root / "data")[5][0], 5, recipe)[0]
+    with torch.no_grad():
+        expected = vae.encode(to_tensor(centre)[None])
+    torch.testing.assert_close(params["mean"], expected.mean[0], atol=1e-5, rtol=1e-5)
+    g = torch.Generator().manual_seed(3)
+    view = int(torch.randint(data.num_views, (), generator=g))
+    eps = torch.randn((recipe.vae.num_tokens, 16), generator=g)
+    params, _ = data.posterior(5, view)
+    latents, _ = data.draw_batch([5], [torch.Generator().manual_seed(3)])
+    torch.testing.assert_close(latents[0], params["mean"] + torch.exp(0.5 * params["logvar"]) * eps)
+    assert 0 < data.latent_std() < 10
