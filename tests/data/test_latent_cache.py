@@ -186,3 +186,14 @@ def test_a_gaussian_vae_caches_mean_and_logvar_and_the_loader_draws_from_them(se
     latents, _ = data.draw_batch([5], [torch.Generator().manual_seed(3)])
     torch.testing.assert_close(latents[0], params["mean"] + torch.exp(0.5 * params["logvar"]) * eps)
     assert 0 < data.latent_std() < 10
+    # train-ar measures the scale that gives the raw tokens of those images unit spread
+    from spherear.models.token_space import latents_to_tokens
+    from spherear.train.ar_inputs import with_latent_scale
+
+    scaled = with_latent_scale(replace(recipe, ar=replace(recipe.ar, token_space="raw")), data)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(data))]
+    latents, _ = data.draw_batch(list(range(len(data))), generators)
+    tokens = latents_to_tokens(latents, scaled.vae, scaled.ar)
+    assert abs(float(tokens.double().std()) - 1) < 1e-5
+    sphere = latents_to_tokens(latents, scaled.vae, replace(scaled.ar, token_space="sphere"))
+    torch.testing.assert_close(sphere.norm(dim=-1), torch.full(sphere.shape[:2], 4.0))
