@@ -313,6 +313,8 @@ def _head_evaluations(arm: Arm, recipe) -> float:
 
 def collect(c: Comparison) -> list[dict]:
     """One row per arm and dataset: every figure with one value per seed."""
+    from spherear.models import count_parameters
+
     rows = []
     for dataset in c.datasets:
         for arm in c.arms:
@@ -339,8 +341,6 @@ def collect(c: Comparison) -> list[dict]:
                     }
                 row["per_seed"].append(figures)
             recipe = load_recipe(c.vae_recipe, vae_overrides(c, arm, dataset, c.seeds[0]))
-            from spherear.models import count_parameters
-
             row["vae_params"] = count_parameters(recipe)["VAE"]
             if not c.vae_only:
                 ar_recipe = load_recipe(c.ar_recipe, ar_overrides(c, arm, dataset, c.seeds[0]))
