@@ -47,6 +47,11 @@ class CompareError(SpherearError):
     """A comparison that cannot run; the message names the file and the fix."""
 
 
+def slug(name: str) -> str:
+    """A name as a file name: lower case, runs of other characters as one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 @dataclass
 class Arm:
     name: str
@@ -56,7 +61,7 @@ class Arm:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return slug(self.name)
 
 
 @dataclass
@@ -463,7 +468,7 @@ def charts(c: Comparison, rows: list[dict], out: Path) -> list[str]:
             top = max(c.token_cfg_scales)
             stats = r["token_cfg"].get(top)
             if stats:
-                name = f"token_norms-{re.sub(r'[^a-z0-9]+', '-', r['arm'].lower())}.png"
+                name = f"token_norms-{slug(r['arm'])}.png"
                 figures = {"samples": stats["samples"]}
                 if stats.get("data"):
                     figures["data"] = stats["data"]
