@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from spherear.cli import compare as compare_cli
 from spherear.cli import data, info, train
 from spherear.cli import evaluate as evaluate_cli
 from spherear.cli import hub as hub_cli
@@ -51,6 +52,7 @@ app.command("push-to-hub")(hub_cli.push_to_hub)
 app.command("eval-fid")(evaluate_cli.eval_fid)
 app.command("sample")(sample_cli.sample)
 app.command("eval-probe")(probe_cli.eval_probe)
+app.command("compare")(compare_cli.compare)
 
 
 def main() -> None:

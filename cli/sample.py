@@ -68,6 +68,12 @@ def sample(
         help="torch.compile the head step (CUDA graphs on a GPU); falls back with a warning "
         "(default: the recipe's).",
     ),
+    normalise: Literal["auto", "after_cfg", "before_cfg", "none"] | None = typer.Option(
+        None,
+        "--normalise",
+        help="Where each token goes back onto the sphere: after_cfg (the paper), before_cfg, "
+        "none; auto = the model's own (none for raw Gaussian latents) (default: the recipe's).",
+    ),
     labels: Literal["balanced", "random"] = typer.Option(
         "balanced",
         "--labels",
@@ -99,7 +105,8 @@ def sample(
     def plan_with(defaults) -> Plan:
         return Plan.from_recipe(
             defaults, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps, sampler=sampler,
-            steps_last=steps_last, temperature=temperature, compile=compiled, labels=labels,
+            steps_last=steps_last, temperature=temperature, compile=compiled,
+            normalise=normalise, labels=labels,
             seed=seed, batch_size=batch_size, weights=weights,
         )  # fmt: skip
 

@@ -64,6 +64,7 @@ from spherear.hub_files import REPO_ID, resolve
 from spherear.models import build_ar, build_vae
 from spherear.models.ar import SphereAR
 from spherear.models.registry import AR_SIZES, spell_out
+from spherear.models.token_space import normalisation
 from spherear.models.transformer import rope_table_2d
 from spherear.models.vae import SphericalVAE
 
@@ -110,6 +111,7 @@ class CheckpointInfo:
     has_ema: bool
     num_classes: int | None = None
     epochs: int | None = None
+    variant: str = ""  # the comparison keys, for a spherear export
 
     def describe(self) -> str:
         who = "spherear export" if self.origin == FORMAT_NAME else "authors' release format"
@@ -120,7 +122,22 @@ class CheckpointInfo:
             parts.append(f"{self.num_classes} classes")
         if self.epochs is not None:
             parts.append(f"trained {self.epochs} epochs")
+        if self.variant:
+            parts.append(self.variant)
         return "; ".join(parts)
+
+
+def describe_variant(recipe: Recipe) -> str:
+    """The choices of the paper's comparisons that ``recipe`` makes, in one phrase."""
+    vae = recipe.vae
+    words = [f"{vae.posterior.replace('_', '-')} posterior", f"{vae.backbone} VAE backbone"]
+    if recipe.ar is not None and vae.posterior == "gaussian":
+        scale = recipe.ar.latent_scale
+        scaled = f" (latent scale {scale:.4g})" if scale is not None else ""
+        words.append(f"tokens: {recipe.ar.token_space}{scaled}")
+    if recipe.ar is not None:
+        words.append(f"sampling normalises {normalisation(recipe.sample, recipe.ar)}")
+    return ", ".join(words)
 
 
 # ---------------------------------------------------------------------------------------
@@ -499,6 +516,7 @@ def _inspect_local(path: Path) -> CheckpointInfo:
             str(folder), FORMAT_NAME, "full" if config["kind"] == "ar" else "vae", size,
             (folder / "ar.safetensors").is_file(),
             recipe.ar.num_classes if recipe.ar is not None else None,
+            variant=describe_variant(recipe),
         )  # fmt: skip
     obj = read_authors_file(path)
     found = {authors_to_ours(k): tuple(v.shape) for k, v in obj["model"].items()}

@@ -71,7 +71,13 @@ class RunConfig:
 @dataclass
 class VAEConfig:
     """The S-VAE tokenizer. ``channels`` are the conv widths from the image side; the last
-    one is the transformer width, and each step between two entries halves the resolution."""
+    one is the transformer width, and each step between two entries halves the resolution.
+
+    The paper's comparisons are two more keys: ``posterior`` (``power_spherical``, the paper,
+    or ``gaussian``: a diagonal Gaussian with KL to N(0, I), as MAR's KL-16 VAE) and
+    ``backbone`` (``hybrid``: convs then ViT blocks, the paper; ``cnn``: convs only; ``vit``:
+    a patch embedding and ViT blocks only), each pure backbone given as many blocks of its
+    own kind as keep the parameter count near the hybrid's (``spherear.models.vae``)."""
 
     resolution: int = bounded(256, 1, most=MAX_RESOLUTION)
     latent_dim: int = bounded(16, 2, most=MAX_WIDTH)
@@ -84,6 +90,8 @@ class VAEConfig:
     # tokenizer): the code starts near a PCA of the patches, so a few hundred steps reach
     # a usable PSNR; the CNN learns what the linear code misses.
     patch_shortcut: bool = False
+    posterior: Literal["power_spherical", "gaussian"] = "power_spherical"
+    backbone: Literal["hybrid", "cnn", "vit"] = "hybrid"
 
     @property
     def width(self) -> int:
@@ -131,6 +139,13 @@ class ARConfig:
     num_class_tokens: int = bounded(16, 1, most=MAX_DEPTH)
     class_dropout: float = bounded(0.1, 0, 1)
     diff_batch_mul: int = bounded(4, 1, most=MAX_DEPTH)
+    # The tokens the model reads and writes, for Gaussian latents (an S-VAE's are on the
+    # sphere already): "sphere" projects each latent onto the sphere of radius sqrt(dim)
+    # (post-hoc normalisation), "raw" multiplies it by latent_scale (MAR's practice).
+    token_space: Literal["sphere", "raw"] = "sphere"
+    # Gaussian latents: 1 / their standard deviation; unset: measured on the training data
+    # by train-ar and recorded in the export. Decoding divides the tokens by it again.
+    latent_scale: float | None = bounded(None, 0)
 
     def check(self, where: str) -> None:
         if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
@@ -177,6 +192,8 @@ class VAELossConfig:
     disc_layers: int = bounded(3, 1)
     disc_channels: int = bounded(64, 1)
     kl_weight: float = bounded(0.004, 0)
+    # vae.posterior = "gaussian": the weight of the KL to N(0, I) (MAR's KL-16 VAE: 1e-6)
+    gaussian_kl_weight: float = bounded(1e-6, 0)
     # LPIPS-VGG backbone: a torchvision VGG16 weights file; empty = torch's hub cache
     perceptual_weights: str = ""
     perceptual_random: bool = False  # random VGG, for tests only: never for real training
@@ -188,6 +205,9 @@ class VAELossConfig:
     # patch fitted to training images (SphericalVAE.init_patch_code; needs vae.patch_shortcut):
     # a short run then starts near the best linear code instead of learning one from scratch
     initial_code: Literal["random", "pca"] = "random"
+    # vae.posterior = "gaussian": the standard deviation of the untrained posterior, the
+    # counterpart of initial_kappa; 0 keeps the default init (about 1)
+    initial_std: float = bounded(0.0, 0)
 
 
 @dataclass
@@ -233,7 +253,8 @@ class SampleConfig:
     ``steps`` for the first token falling linearly to ``steps_last`` for the last.
     ``temperature`` scales the head's noise: its starting noise and, for ``sde``, the noise of
     every step (1 = the paper; below 1 each token keeps nearer its likeliest values, as in
-    MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU)."""
+    MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU).
+    ``normalise`` says where each token is put back on the sphere."""
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
@@ -242,6 +263,11 @@ class SampleConfig:
     steps_last: int = bounded(0, 0, most=MAX_STEPS)
     temperature: float = bounded(1.0, 0)
     compile: bool = False
+    # radial normalisation of each drawn token onto the sphere of radius sqrt(dim):
+    # "after_cfg" (the paper), "before_cfg" (the class and null-class tokens each drawn
+    # unguided, normalised, then guided), "none"; "auto": the model's own, after_cfg for
+    # tokens on the sphere and none for raw Gaussian latents
+    normalise: Literal["auto", "after_cfg", "before_cfg", "none"] = "auto"
 
 
 @dataclass
@@ -439,7 +465,36 @@ def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] =
     recipe.vae.check(where)
     if recipe.ar is not None:
         recipe.ar.check(where)
+    check_variant(recipe, where)
     return recipe
+
+
+def check_variant(recipe: Recipe, where: str) -> None:
+    """The paper's comparisons combine keys of several sections; a combination that means
+    nothing stops here, before any work."""
+    gaussian = recipe.vae.posterior == "gaussian"
+    ar, loss = recipe.ar, recipe.vae_loss
+    if not gaussian and ar is not None:
+        if ar.token_space == "raw":
+            raise RecipeError(
+                f'{where}: ar.token_space = "raw" is for Gaussian latents (vae.posterior = '
+                '"gaussian"); a power-spherical VAE\'s tokens are on the sphere: remove it'
+            )
+        if ar.latent_scale is not None:
+            raise RecipeError(
+                f"{where}: ar.latent_scale scales Gaussian latents (vae.posterior = "
+                '"gaussian"); a power-spherical VAE\'s are on the sphere: remove it'
+            )
+    if loss is not None and gaussian and loss.initial_kappa:
+        raise RecipeError(
+            f"{where}: vae_loss.initial_kappa is the power-spherical posterior's; with "
+            'vae.posterior = "gaussian" set vae_loss.initial_std instead'
+        )
+    if loss is not None and not gaussian and loss.initial_std:
+        raise RecipeError(
+            f"{where}: vae_loss.initial_std is the Gaussian posterior's; with vae.posterior = "
+            '"power_spherical" set vae_loss.initial_kappa instead'
+        )
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

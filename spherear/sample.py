@@ -10,6 +10,9 @@ dealt round-robin to the processes. The output folder holds::
     chunks/         the finished chunks while the run is unfinished
     labels.npy      int64 (N,)
     grid.png        one row per class, up to 16 classes x 8 images, named on the left
+    token_stats.json, token_norms.png
+                    the generated tokens' norms and per-dimension variances, beside the
+                    data's where its latent cache is at hand (``spherear.token_stats``)
     samples.npz     arr_0: N x H x W x 3 uint8; written last, so it marks a complete run
 
 Every file is written under a temporary name and renamed when whole. The settings record
@@ -45,12 +48,15 @@ from spherear.files import (
     write_json,
 )
 from spherear.folder_lock import hold
+from spherear.models.token_space import normalisation
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
+from spherear.token_stats import token_sums
 
 SETTINGS = "settings.json"
 # bump when the streams, the chunking, the arithmetic or the quantisation change, so old
-# chunks never mix in (2: time embeddings and condition projections computed once, RoPE)
-SCHEME = 2
+# chunks never mix in (2: time embeddings and condition projections computed once, RoPE;
+# 3: chunks carry their tokens' sums)
+SCHEME = 3
 NOISE_STREAM = 1
 GRID_CLASSES, GRID_PER_CLASS = 16, 8
 
@@ -118,10 +124,14 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
         "numerics": numerics.describe(device),
         "scheme": SCHEME,
         "class_names": list(loaded.recipe.ar.class_names),  # the data's, recorded by train-ar
+        # where each token went back onto the sphere, "auto" resolved for this model
+        "normalisation": normalisation(plan.sampling, loaded.recipe.ar),
     }
     return json.loads(json.dumps(record))  # as it reads back from settings.json
 
 
+# what a settings.json from before each option was added means by leaving it out
+BEFORE_OPTIONS = {"temperature": 1.0, "normalise": "auto", "normalisation": "after_cfg"}
 # where the weights were read from may move and classes be renamed; the weights' hash is
 # what must match
 DESCRIPTIVE = {"checkpoint", "class_names"}
@@ -139,8 +149,9 @@ def saved_settings(out: Path) -> dict | None:
 
 
 def check_settings(out: Path, saved: dict | None, record: dict) -> None:
-    if saved is not None:
-        saved = {"temperature": 1.0, **saved}  # folders from before the option: always 1
+    if saved is not None:  # folders from before these options: temperature 1, the paper's order
+        before = {k: v for k, v in BEFORE_OPTIONS.items() if k in record}
+        saved = {**before, **saved}
     differ = differences(saved, record, DESCRIPTIVE) if saved is not None else ""
     if differ:
         raise SampleError(
@@ -163,14 +174,14 @@ def _chunk_range(plan: Plan, k: int) -> range:
 
 def sample_chunk(
     loaded: Loaded, plan: Plan, labels: np.ndarray, indices: range, accelerator
-) -> np.ndarray:
-    """Images ``indices`` as (B, H, W, 3) uint8."""
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Images ``indices`` as (B, H, W, 3) uint8, and the sums of their tokens."""
     device = accelerator.device
     y = torch.as_tensor(labels[indices.start : indices.stop], device=device)
     generators = noise_generators(plan.seed, indices, device)
     with torch.inference_mode(), accelerator.autocast():
         tokens = loaded.ar.sample(y, plan.sampling, generators)
-        images = loaded.vae.decode(tokens)
+        images = loaded.vae.decode(loaded.ar.to_latents(tokens))
     if not torch.isfinite(images).all():
         raise SampleError(
             f"images {indices.start}..{indices.stop - 1} came out NaN or infinite, so they "
@@ -184,15 +195,34 @@ def sample_chunk(
             f"{pixels.min()}), not samples; the weights or the settings (--cfg, --temperature) "
             "are broken: check them, or use an earlier checkpoint"
         )
-    return pixels
+    return pixels, token_sums(tokens)
 
 
-def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray, sums: dict) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels)
+            np.savez(f, images=images, labels=labels, **{f"tokens_{k}": v for k, v in sums.items()})
 
     atomic_write(path, write, "sample/chunk")
+
+
+def _read_sums(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as chunk:
+        return {k.removeprefix("tokens_"): chunk[k] for k in chunk.files if k.startswith("tokens_")}
+
+
+def _write_token_stats(out: Path, sums: dict, data: dict | None, record: dict) -> None:
+    """token_stats.json and token_norms.png: the samples' figures beside the data's."""
+    from spherear.token_stats import plot, summarise
+
+    figures = {"samples": summarise(sums)}
+    if data is not None:
+        figures["data"] = summarise(data)
+    settings = {k: record.get(k) for k in ("cfg", "cfg_schedule", "sampler", "steps",
+                                           "temperature", "normalisation")}  # fmt: skip
+    write_json(out / "token_stats.json", {"settings": settings, **figures}, "sample/token-stats")
+    title = ", ".join(f"{k} {v}" for k, v in settings.items())
+    plot(figures, out / "token_norms.png", title)
 
 
 def _read_chunk(path: Path, labels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -249,9 +279,15 @@ def _write_grid(path: Path, rows: dict[int, list[int]], picked: dict[int, np.nda
     save_grid(images, path, nrow=GRID_PER_CLASS, row_labels=labels)
 
 
-def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int,
-              names: list[str]) -> None:  # fmt: skip
+def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int, record: dict,
+              data: dict | None) -> None:  # fmt: skip
+    from spherear.token_stats import merge
+
     shape = (plan.n, resolution, resolution, 3)
+    num_chunks = math.ceil(plan.n / plan.batch_size)
+    sums = merge(_read_sums(_chunk_path(out, k)) for k in range(num_chunks))
+    _write_token_stats(out, sums, data, record)
+    names = record["class_names"]
 
     def chunk(k: int) -> np.ndarray:
         indices = _chunk_range(plan, k)
@@ -270,12 +306,25 @@ def _assemble(out: Path, plan: Plan, labels: np.ndarray, resolution: int,
             np.save(f, labels)
 
     atomic_write(out / "labels.npy", save_labels, "sample/labels")
-    num_chunks = math.ceil(plan.n / plan.batch_size)
     # last: samples.npz marks a complete run
     atomic_write(out / "samples.npz",
                  lambda tmp: _write_npz(tmp, (chunk(k) for k in range(num_chunks)), shape),
                  "sample/npz")  # fmt: skip
     remove(out / "chunks", "sample/cleanup")
+
+
+def _data_sums(loaded: Loaded) -> dict | None:
+    """The data's token sums, from the latent cache the recipe names, if it is here."""
+    from spherear.token_stats import data_sums
+
+    cache = Path(loaded.recipe.data.latents)
+    if not (cache / "manifest.json").is_file():
+        return None
+    try:
+        return data_sums(cache, loaded.recipe)
+    except SpherearError as e:
+        note(f"token_stats.json: without the data's figures ({e})")
+        return None
 
 
 def _check_complete(out: Path, plan: Plan, resolution: int) -> None:
@@ -356,8 +405,8 @@ def _sample_images(loaded: Loaded, plan: Plan, out: Path, accelerator, progress:
         if path.is_file():
             continue
         indices = _chunk_range(plan, k)
-        images = sample_chunk(loaded, plan, labels, indices, accelerator)
-        _write_chunk(path, images, labels[indices.start : indices.stop])
+        images, sums = sample_chunk(loaded, plan, labels, indices, accelerator)
+        _write_chunk(path, images, labels[indices.start : indices.stop], sums)
         made += 1
         if main:  # every process's chunks count: the rate is the whole run's
             bar.update(finished() - bar.n)
@@ -366,6 +415,6 @@ def _sample_images(loaded: Loaded, plan: Plan, out: Path, accelerator, progress:
     bar.close()
     counts = accelerator.gather(torch.tensor([made], device=accelerator.device)).tolist()
     if main:
-        _assemble(out, plan, labels, resolution, record["class_names"])
+        _assemble(out, plan, labels, resolution, record, _data_sums(loaded))
     accelerator.wait_for_everyone()
     return Result(out, plan.n, counts, reused, time.perf_counter() - start)

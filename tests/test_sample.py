@@ -1,6 +1,7 @@
 """spherear sample on CPU: 2 processes equal 1, a killed run continues exactly, refusals,
 the default paths and the quantisation."""
 
+import json
 import os
 import re
 import subprocess
@@ -85,8 +86,25 @@ def test_bare_command_samples_the_newest_run_into_its_folder(single):
     assert (single / "grid.png").is_file() and (single / "settings.json").is_file()
     assert not (single / "chunks").exists()
     assert sorted(p.name for p in single.iterdir()) == [
-        "grid.png", "labels.npy", "samples.npz", "settings.json"
+        "grid.png", "labels.npy", "samples.npz", "settings.json", "token_norms.png",
+        "token_stats.json",
     ]  # fmt: skip
+    # tokens of dimension 32 put back on the sphere after CFG: every norm is sqrt(32)
+    stats = json.loads((single / "token_stats.json").read_text())
+    assert stats["samples"]["images"] == N and "data" not in stats  # no latent cache here
+    norm = stats["samples"]["norm"]
+    assert abs(norm["min"] - 32**0.5) < 1e-4 and abs(norm["max"] - 32**0.5) < 1e-4
+    assert stats["settings"]["normalisation"] == "after_cfg"
+    assert json.loads((single / "settings.json").read_text())["normalisation"] == "after_cfg"
+
+
+@pytest.mark.slow
+def test_without_normalisation_the_tokens_leave_the_sphere(workspace):
+    done = _sample(workspace, "--normalise", "none", "--checkpoint", "runs/new")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = workspace / "runs" / "new" / "samples" / TAG.replace("temp0.7", "temp0.7-norm-none")
+    norm = json.loads((out / "token_stats.json").read_text())["samples"]["norm"]
+    assert norm["max"] - norm["min"] > 0.1
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ Layout of a cache folder::
     settings.json            what is being cached (written first; a rerun must match it)
     shard-XXXXX.safetensors  images [X * shard_size, (X + 1) * shard_size):
                              mu (N, V, T, D) fp16 unit directions, kappa (N, V, T) fp32,
-                             labels (N,) int64, for V views of each image
+                             labels (N,) int64, for V views of each image (a Gaussian
+                             posterior: mean and logvar (N, V, T, D) fp32 instead)
     manifest.json            written last: the cache is complete; each shard's size and
                              sha256
 
@@ -40,7 +41,7 @@ from safetensors.torch import save
 
 from spherear import numerics
 from spherear.accelerator import make_accelerator
-from spherear.config import Recipe, recipe_to_dict
+from spherear.config import Recipe, VAEConfig, recipe_to_dict
 from spherear.data.prepare import PreparedImages, data_fingerprint
 from spherear.data.transforms import center_crop, random_crop, to_tensor
 from spherear.errors import SpherearError
@@ -61,8 +62,7 @@ from spherear.files import (
 from spherear.folder_kinds import CACHE, check_output_folder
 from spherear.folder_lock import hold
 from spherear.hub_files import resolve
-from spherear.models.power_spherical import PowerSpherical
-from spherear.models.vae import SphericalVAE
+from spherear.models.vae import POSTERIORS, SphericalVAE
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
@@ -129,21 +129,20 @@ def _encode_shard(vae, images: PreparedImages, index, recipe, out, device) -> No
         views += make_views(image, i, recipe)
         labels.append(label)
     num_views = len(view_names(recipe))
-    mus, kappas = [], []
+    kinds = POSTERIORS[recipe.vae.posterior].CACHED
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in kinds}
     with torch.no_grad():
         for b in range(0, len(views), cfg.batch_size):
             batch = torch.stack([to_tensor(v) for v in views[b : b + cfg.batch_size]])
             autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
             with autocast:
                 posterior = vae.encode(batch.to(device))
-            mus.append(posterior.mu.half().cpu())
-            kappas.append(posterior.kappa.float().cpu())
+            for name, value in posterior.cached().items():
+                parts[name].append(value.to(kinds[name]).cpu())
     n = len(labels)
-    tensors = {
-        "mu": torch.cat(mus).view(n, num_views, *mus[0].shape[1:]).contiguous(),
-        "kappa": torch.cat(kappas).view(n, num_views, -1).contiguous(),
-        "labels": torch.tensor(labels, dtype=torch.int64),
-    }
+    tensors = {name: torch.cat(values).view(n, num_views, *values[0].shape[1:]).contiguous()
+               for name, values in parts.items()}  # fmt: skip
+    tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
     atomic_write(_shard_path(out, index), save(tensors), "cache/shard")
 
 
@@ -272,7 +271,7 @@ def _cache_latents(
         "num_shards": num_shards,
         "num_tokens": recipe.vae.num_tokens,
         "latent_dim": recipe.vae.latent_dim,
-        "bytes_per_view": recipe.vae.num_tokens * (2 * recipe.vae.latent_dim + 4),
+        "bytes_per_view": _bytes_per_token(recipe.vae) * recipe.vae.num_tokens,
         "num_processes": accelerator.num_processes,
         "data": os.path.relpath(data_dir.resolve(), out.resolve()),
     }
@@ -285,6 +284,12 @@ def _cache_latents(
         write_json(out / MANIFEST, manifest, "cache/manifest")
     accelerator.wait_for_everyone()
     return read_manifest(out) if not main else manifest
+
+
+def _bytes_per_token(vae: VAEConfig) -> int:
+    """What the cache stores of one token's posterior: mu in fp16 and kappa in fp32, or a
+    Gaussian's mean and log-variance in fp32."""
+    return 2 * vae.latent_dim + 4 if vae.posterior == "power_spherical" else 8 * vae.latent_dim
 
 
 def _saved_settings(out: Path) -> dict | None:
@@ -343,7 +348,8 @@ def read_manifest(cache_dir: str | Path) -> dict:
 class LatentDataset(torch.utils.data.Dataset):
     """AR training data from a cache. Each visit picks one cached view at random and draws
     a fresh sample from its posterior, so every epoch sees new tokens (the paper's
-    posterior-sample augmentation); items are (tokens (T, D) on the sphere, label)."""
+    posterior-sample augmentation); items are (latents (T, D), label): an S-VAE's on the
+    sphere, a Gaussian VAE's as drawn (``spherear.models.token_space`` makes tokens)."""
 
     def __init__(self, cache_dir: str | Path):
         self.dir = Path(cache_dir)
@@ -351,6 +357,8 @@ class LatentDataset(torch.utils.data.Dataset):
         self.shard_size = self.manifest["settings"]["cache"]["shard_size"]
         self.num_images = self.manifest["settings"]["num_images"]
         self.num_views = len(self.manifest["settings"]["views"])
+        # caches from before the Gaussian posterior are all power-spherical
+        self.posterior_kind = self.manifest["settings"]["vae"].get("posterior", "power_spherical")
         self._handles: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -367,31 +375,38 @@ class LatentDataset(torch.utils.data.Dataset):
             self._handles[index] = safe_open(path, framework="pt")
         return self._handles[index]
 
-    def posterior(self, i: int, view: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def posterior(self, i: int, view: int) -> tuple[dict[str, torch.Tensor], int]:
+        """The cached posterior parameters of image ``i``'s ``view`` (fp32), and its label."""
         shard = self._shard(i // self.shard_size)
         j = i % self.shard_size
-        mu = shard.get_slice("mu")[j : j + 1, view : view + 1][0, 0].float()
-        kappa = shard.get_slice("kappa")[j : j + 1, view : view + 1][0, 0]
-        label = int(shard.get_slice("labels")[j : j + 1][0])
-        return mu, kappa, label
+        params = {name: shard.get_slice(name)[j : j + 1, view : view + 1][0, 0].float()
+                  for name in POSTERIORS[self.posterior_kind].CACHED}  # fmt: skip
+        return params, int(shard.get_slice("labels")[j : j + 1][0])
 
     def draw(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-        """A random view's fresh posterior sample: tokens (T, D) on the sphere, and the label."""
-        tokens, labels = self.draw_batch([i], [generator or torch.default_generator])
-        return tokens[0], int(labels[0])
+        """A random view's fresh posterior sample (T, D), and the label."""
+        latents, labels = self.draw_batch([i], [generator or torch.default_generator])
+        return latents[0], int(labels[0])
 
     def draw_batch(
         self, indices: Sequence[int], generators: Sequence[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``draw`` for many images, image j from generator j alone: the same tokens
+        """``draw`` for many images, image j from generator j alone: the same latents
         (B, T, D) as one by one, with the sphere maths done once for the batch. The
         generators must be distinct objects: each draws its view, then its sample."""
         views = [int(torch.randint(self.num_views, (), generator=g)) for g in generators]
         posteriors = [self.posterior(i, v) for i, v in zip(indices, views, strict=True)]
-        mu = torch.stack([p[0] for p in posteriors])
-        kappa = torch.stack([p[1] for p in posteriors])
-        tokens = PowerSpherical(mu, kappa).sample(generators) * math.sqrt(mu.shape[-1])
-        return tokens, torch.tensor([p[2] for p in posteriors])
+        params = {name: torch.stack([p[0][name] for p in posteriors]) for name in posteriors[0][0]}
+        latents = POSTERIORS[self.posterior_kind](**params).draw(generators)
+        return latents, torch.tensor([p[1] for p in posteriors])
+
+    def latent_std(self, max_images: int = 1000, seed: int = 0) -> float:
+        """The standard deviation of every number of the posterior samples of the first
+        ``max_images`` images (all views): one scale for the whole latent space."""
+        indices = range(min(max_images, self.num_images))
+        generators = [torch.Generator().manual_seed(seed + i) for i in indices]
+        latents, _ = self.draw_batch(list(indices), generators)
+        return float(latents.double().std())
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.draw(i)

@@ -255,7 +255,8 @@ def _prepare(source: str, out: Path, resolution: int, num_proc: int, split: str,
              num_images: int | None, seed: int, min_crop_fraction: float, progress: bool,
              say: Callable[[str], None]) -> PrepareResult:  # fmt: skip
     start = time.time()
-    if num_images is not None and source != "synthetic":
+    synthetic = source.partition(":")[0] == "synthetic"
+    if num_images is not None and not synthetic:
         say(f"--num-images / data.num_images is for the synthetic source only; {source} gives "
             f"every image of its {split} split")  # fmt: skip
     num_images = SYNTHETIC_IMAGES if num_images is None else num_images
@@ -273,7 +274,7 @@ def _prepare(source: str, out: Path, resolution: int, num_proc: int, split: str,
         "source": "",
         "split": split,
         "short_side": short_side,
-        **({"num_images": num_images, "seed": seed} if source == "synthetic" else {}),
+        **({"num_images": num_images, "seed": seed} if synthetic else {}),
     }
     settings["source"], absolute = _source_setting(src, out)
     partial = out.parent / f".{out.name}.partial"

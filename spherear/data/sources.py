@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spherear.data.synthetic import CLASS_NAMES, render
+from spherear.data.synthetic import FAMILIES, render
 from spherear.errors import SpherearError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -272,17 +272,19 @@ class SyntheticSource:
     seed: int
     split: str
     resolution: int
+    family: str = "shapes"
 
     def __post_init__(self):
         if self.num_images <= 0:
             raise SourceError("synthetic: --num-images must be positive")
         # another stream for validation, so the two splits never share an image
         self.stream = self.seed * 2 + (self.split == "validation")
-        self.class_names = list(CLASS_NAMES)
+        self.class_names = list(FAMILIES[self.family])
 
     @property
     def description(self) -> str:
-        return f"synthetic(seed={self.seed}, split={self.split})"
+        family = "" if self.family == "shapes" else f"{self.family}, "
+        return f"synthetic({family}seed={self.seed}, split={self.split})"
 
     def shards(self) -> list[Shard]:
         starts = range(0, self.num_images, SHARD_SIZE)
@@ -294,7 +296,7 @@ class SyntheticSource:
 
     def read(self, shard: Shard) -> Iterator[tuple[str, Raw, int]]:
         for i in range(*shard.items):
-            pixels, label = render(self.stream, i, self.resolution)
+            pixels, label = render(self.stream, i, self.resolution, self.family)
             yield f"{i:08d}", pixels, label
 
 
@@ -392,8 +394,8 @@ def open_source(
     """Parse a ``--source`` string into a source object."""
     split = split_name(split)
     kind, _, rest = source.partition(":")
-    if kind == "synthetic" and not rest:
-        return SyntheticSource(num_images, seed, split, resolution)
+    if kind == "synthetic" and (not rest or rest in FAMILIES):
+        return SyntheticSource(num_images, seed, split, resolution, rest or "shapes")
     if kind == "folder" and rest:
         return FolderSource(Path(rest).expanduser(), split)
     if kind == "tar" and rest:
@@ -403,5 +405,5 @@ def open_source(
         return HubSource(repo_id, revision or None, split)
     raise SourceError(
         f"--source {source}: unknown source; use hf:<dataset id>[@revision], folder:<path>, "
-        "tar:<ILSVRC2012_img_train.tar> or synthetic"
+        f"tar:<ILSVRC2012_img_train.tar> or synthetic[:{'|'.join(FAMILIES)}]"
     )

@@ -176,7 +176,7 @@ loaded = spherear.from_pretrained("{repo_id}"{weights})
 labels = torch.tensor([0, 1, 2, 3])
 # the export's sampling settings: CFG {s.cfg} ({s.cfg_schedule}), {s.steps} {s.sampler} steps
 tokens = loaded.ar.sample(labels, loaded.recipe.sample)
-images = loaded.vae.decode(tokens)  # (4, 3, H, W) in about [-1, 1]
+images = loaded.vae.decode(loaded.ar.to_latents(tokens))  # (4, 3, H, W) in about [-1, 1]
 ```
 """
 USE_VAE = """## How to use

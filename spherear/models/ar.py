@@ -7,6 +7,8 @@ learns the velocity of each token's flow, ``diff_batch_mul`` noisy copies per to
 Sampling: KV-cached raster-order decoding. Each token is drawn by the head under
 classifier-free guidance and then radially normalised to radius sqrt(latent_dim), so every
 token fed back to the trunk or to the VAE decoder lies on the sphere the VAE was trained on.
+(``sample.normalise`` moves the normalisation before guidance or drops it, for the paper's
+comparison; ``to_latents`` maps tokens of Gaussian latents back for the decoder.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from spherear.models.diffusion_head import DiffusionHead
 from spherear.models.flow import flow_matching_loss
 from spherear.models.kv_cache import KVCache
 from spherear.models.token_sampler import Generators, TokenSampler
+from spherear.models.token_space import normalisation, tokens_to_latents
 from spherear.models.transformer import Block, RMSNorm, rope_table_2d
 
 
@@ -152,7 +155,11 @@ class SphereAR(nn.Module):
         if settings.cfg != 1.0:
             rows = torch.cat([labels, torch.full_like(labels, self.null_class)])
         sampler = TokenSampler(self.head, len(labels), self.num_tokens, settings, generator,
-                               labels.device)  # fmt: skip
+                               labels.device, normalisation(settings, self.config))  # fmt: skip
         with torch.inference_mode():
             self.decode_loop(rows, sampler)
         return sampler.tokens.clone()  # a plain tensor: usable where autograd is on
+
+    def to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Sampled tokens -> what the VAE decoder takes (the same, for an S-VAE's tokens)."""
+        return tokens_to_latents(tokens, self.config)

@@ -26,9 +26,11 @@ def reference_sample(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Tokens (B, N, latent_dim) for ``labels`` (B,), drawn as ``ar.sample`` draws them."""
-    if settings.sampler != "sde" or settings.steps_last or settings.temperature != 1.0:
+    paper = settings.normalise in ("auto", "after_cfg")
+    if settings.sampler != "sde" or settings.steps_last or settings.temperature != 1.0 or not paper:
         raise ValueError(
-            "the reference loop covers the paper's sampler: sde, constant steps, temperature 1"
+            "the reference loop covers the paper's sampler: sde, constant steps, temperature 1, "
+            "normalisation after CFG"
         )
     B, N, dim = len(labels), ar.num_tokens, ar.latent_dim
     guided = settings.cfg != 1.0

@@ -10,22 +10,27 @@ in one matrix product (at small batch each step would otherwise re-read those we
 about a quarter of the head's). With ``compile``, the guided head step goes through
 ``torch.compile`` (on a GPU in "reduce-overhead" mode, i.e. CUDA graphs); where that fails,
 one warning says so and sampling goes on eagerly.
+
+Where the token goes back onto the sphere (``normalise``): ``after_cfg``, the paper's, guides
+the velocities at every solver step and normalises the token it ends at; ``before_cfg``
+runs the head unguided for the class rows and the null-class rows from the same noise,
+normalises both tokens and guides them, c_u + scale (c_c - c_u), off the sphere; ``none``
+feeds back the guided token as it comes.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from spherear.config import SampleConfig
 from spherear.models.diffusion_head import DiffusionHead
 from spherear.models.flow import run_sampler, sampler_times, token_steps
+from spherear.models.token_space import to_sphere
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 # torch.compile's mode for the head step by device type; "reduce-overhead" captures CUDA graphs
@@ -34,9 +39,7 @@ COMPILE_MODES: dict[str, str | None] = {"cuda": "reduce-overhead", "cpu": None}
 TABLE_BYTES = 1 << 30
 
 
-def to_sphere(x: torch.Tensor) -> torch.Tensor:
-    """Radial normalisation onto the sphere of radius sqrt(dim)."""
-    return F.normalize(x.float(), dim=-1) * math.sqrt(x.shape[-1])
+NORMALISATIONS = ("after_cfg", "before_cfg", "none")
 
 
 def cfg_scales(guidance: float, schedule: str, num_tokens: int) -> list[float]:
@@ -51,7 +54,9 @@ def cfg_scales(guidance: float, schedule: str, num_tokens: int) -> list[float]:
 class GuidedHead(nn.Module):
     """The head's velocity for rows ``x`` given the adaLN ``modulations`` of their step. With
     ``guided``, the modulations hold the class rows and then the null-class rows: the head
-    runs on ``x`` twice and the velocities combine as v_uncond + scale (v_cond - v_uncond)."""
+    runs on ``x`` twice and the velocities combine as v_uncond + scale (v_cond - v_uncond).
+    Unguided, ``x`` has a row for each row of the modulations (with guidance before
+    normalisation: the class rows' and the null-class rows' own flows)."""
 
     def __init__(self, head: DiffusionHead, guided: bool):
         super().__init__()
@@ -76,13 +81,19 @@ class TokenSampler:
         settings: SampleConfig,
         generator: Generators,
         device: torch.device,
+        normalise: str = "after_cfg",
     ):
+        if normalise not in NORMALISATIONS:
+            raise ValueError(f"unknown normalisation '{normalise}'; use one of {NORMALISATIONS}")
         self.head, self.settings, self.generator = head, settings, generator
         self.guided = settings.cfg != 1.0
+        self.normalise = normalise
+        # guidance before normalisation needs each half's own flow: the head step is unguided
+        self.paired = self.guided and normalise == "before_cfg"
         self.scales = cfg_scales(settings.cfg, settings.cfg_schedule, num_tokens)
         self.steps = token_steps(settings.steps, settings.steps_last, num_tokens)
         self.tokens = torch.empty(batch, num_tokens, head.input_proj.in_features, device=device)
-        self.step = self.eager = GuidedHead(head, self.guided)
+        self.step = self.eager = GuidedHead(head, self.guided and not self.paired)
         if settings.compile:
             mode = COMPILE_MODES.get(device.type)
             self.step = torch.compile(self.eager, dynamic=False, mode=mode)
@@ -131,9 +142,26 @@ class TokenSampler:
         velocity = functools.partial(self.velocity, table=table, scale=scale)
         noise, eps = self.draw_noise(steps if sampler == "sde" else 0)
         single = self.generator if isinstance(self.generator, torch.Generator) else None
+        if self.paired:  # both halves from the same noise, as a guided step would see it
+            noise = noise.repeat(2, 1)
+            if sampler == "sde" and eps is None:  # drawn step by step, as the SDE would
+                half = (noise.shape[0] // 2, noise.shape[1])
+                draws = [torch.randn(half, device=noise.device, generator=single)
+                         for _ in range(steps)]  # fmt: skip
+                eps = torch.stack(draws).repeat(1, 2, 1)
+            elif eps is not None:
+                eps = eps.repeat(1, 2, 1)
         x = run_sampler(sampler, velocity, noise, steps, single, eps, self.settings.temperature)
-        self.tokens[:, i] = to_sphere(x)  # after guidance: it changes the norm, not the sphere
+        self.tokens[:, i] = self.finish(x, scale)
         return self.tokens[:, i].repeat(2, 1) if self.guided else self.tokens[:, i]
+
+    def finish(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The token fed back, from what the sampler ended at."""
+        if self.paired:
+            cond, uncond = to_sphere(x).chunk(2)
+            return uncond + scale * (cond - uncond)
+        # after guidance: it changes the norm, not the sphere
+        return to_sphere(x) if self.normalise == "after_cfg" else x.float()
 
     def draw_noise(self, steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A token's starting noise (rows, latent_dim) and, with per-row generators, the

@@ -58,7 +58,7 @@ def _train_ar(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
 
     def forward(batch: dict, step: int):
         x = batch["x"]
-        tokens = x if x.ndim == 3 else encode(vae, x, batch["seed"])
+        tokens = x if x.ndim == 3 else encode(vae, x, batch["seed"], recipe.ar)
         loss = model(tokens, batch["label"], batch["drop"], batch["t"], batch["noise"])
         return [loss], {"loss": loss}
 
@@ -87,5 +87,5 @@ def sample_grid(recipe: Recipe, accelerator, model, ema: EMA, vae, path: Path) -
     generator = torch.Generator(accelerator.device).manual_seed(recipe.run.seed)
     with accelerator.autocast():
         tokens = ema_model.sample(labels, recipe.sample, generator)
-        images = vae.to(accelerator.device).decode(tokens).float()
+        images = vae.to(accelerator.device).decode(ema_model.to_latents(tokens)).float()
     save_grid(images, path, nrow=GRID_PER_CLASS, row_labels=names[:classes])

@@ -1,5 +1,6 @@
 """train-vae: the S-VAE with L1 + LPIPS + PatchGAN (hinge, from ``disc_start``) + KL to the
-uniform distribution on the sphere; two optimisers.
+uniform distribution on the sphere (to N(0, I), weighted by ``gaussian_kl_weight``, for a
+Gaussian posterior); two optimisers.
 
 What differs from train-ar: augmented views of the prepared images as inputs, the loss
 above, the discriminator as a second part that trains from ``vae_loss.disc_start``, and a
@@ -92,6 +93,8 @@ def _train_vae(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
     vae, disc = build_vae(recipe), PatchDiscriminator(loss_cfg.disc_layers, loss_cfg.disc_channels)
     if loss_cfg.initial_kappa:
         vae.init_kappa(loss_cfg.initial_kappa)
+    if loss_cfg.initial_std:
+        vae.init_std(loss_cfg.initial_std)
     if loss_cfg.initial_code == "pca":
         vae.init_patch_code(code_images(images, train, recipe))
     # built here, after the seed: its random backbone (tests) draws from the global RNG
@@ -101,8 +104,10 @@ def _train_vae(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
     first = loop.resume({"model": Part(vae, opt),
                          "discriminator": Part(disc, opt_d, loss_cfg.disc_start)})  # fmt: skip
     held_out = HeldOut(images, held, recipe.vae.resolution, accelerator.device)
+    gaussian = recipe.vae.posterior == "gaussian"
+    kl_weight = loss_cfg.gaussian_kl_weight if gaussian else loss_cfg.kl_weight
     weights = {"l1": loss_cfg.l1_weight, "lpips": loss_cfg.perceptual_weight,
-               "kl": loss_cfg.kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
+               "kl": kl_weight, "g": loss_cfg.disc_weight}  # fmt: skip
 
     def forward(x: torch.Tensor, step: int):
         recon, posterior = vae(x)

@@ -22,9 +22,9 @@ from spherear.data.latent_cache import (
     read_manifest,
     view_names,
 )
-from spherear.data.prepare import prepare_dataset
+from spherear.data.prepare import PreparedImages, prepare_dataset
 from spherear.data.synthetic import render
-from spherear.data.transforms import random_crop
+from spherear.data.transforms import random_crop, to_tensor
 from spherear.models import build_vae
 from spherear.models.power_spherical import PowerSpherical
 
@@ -107,7 +107,8 @@ def test_loader_samples_lie_on_the_sphere_and_point_along_mu(reference):
     assert set(views) == {0, 1, 2}
     # with the view pinned, the mean of many loader draws is E[z] = mean_cosine * mu
     data.num_views = 1
-    mu, kappa, _ = data.posterior(7, 0)
+    params, _ = data.posterior(7, 0)
+    mu, kappa = params["mu"], params["kappa"]
     n = 3000
     mean = torch.stack([data[7][0] / 4.0 for _ in range(n)]).mean(0)
     along = (mean * mu).sum(-1)
@@ -118,8 +119,8 @@ def test_loader_samples_lie_on_the_sphere_and_point_along_mu(reference):
 
 def test_views_are_the_centre_crop_and_its_flip(setup, reference):
     data = LatentDataset(reference)
-    centre, _, _ = data.posterior(3, 0)
-    flip, _, _ = data.posterior(3, 1)
+    centre = data.posterior(3, 0)[0]["mu"]
+    flip = data.posterior(3, 1)[0]["mu"]
     assert not torch.equal(centre, flip)
 
 
@@ -159,3 +160,40 @@ def test_without_hflip_no_view_is_mirrored(setup):
     crop = random_crop(image, recipe.vae.resolution, recipe.augment.random_crop_min, rng)
     assert without[1].tobytes() == crop.tobytes()
     assert with_flips[2].tobytes() in (crop.tobytes(), mirrored(crop).tobytes())
+
+
+def test_a_gaussian_vae_caches_mean_and_logvar_and_the_loader_draws_from_them(setup, tmp_path):
+    root, recipe = setup
+    recipe = replace(recipe, vae=replace(recipe.vae, posterior="gaussian"))
+    torch.manual_seed(0)
+    vae = build_vae(recipe)
+    save_pretrained(tmp_path / "vae", recipe, vae)
+    manifest = cache_latents(recipe, vae, tmp_path / "vae", root / "data", tmp_path / "cache",
+                             progress=False)  # fmt: skip
+    # mean and log-variance in fp32: 8 bytes per number, 16 numbers per token
+    assert manifest["bytes_per_view"] == recipe.vae.num_tokens * 8 * 16
+    data = LatentDataset(tmp_path / "cache")
+    params, label = data.posterior(5, 0)
+    assert set(params) == {"mean", "logvar"} and label == 5 % 10
+    centre = make_views(PreparedImages(root / "data")[5][0], 5, recipe)[0]
+    with torch.no_grad():
+        expected = vae.encode(to_tensor(centre)[None])
+    torch.testing.assert_close(params["mean"], expected.mean[0], atol=1e-5, rtol=1e-5)
+    g = torch.Generator().manual_seed(3)
+    view = int(torch.randint(data.num_views, (), generator=g))
+    eps = torch.randn((recipe.vae.num_tokens, 16), generator=g)
+    params, _ = data.posterior(5, view)
+    latents, _ = data.draw_batch([5], [torch.Generator().manual_seed(3)])
+    torch.testing.assert_close(latents[0], params["mean"] + torch.exp(0.5 * params["logvar"]) * eps)
+    assert 0 < data.latent_std() < 10
+    # train-ar measures the scale that gives the raw tokens of those images unit spread
+    from spherear.models.token_space import latents_to_tokens
+    from spherear.train.ar_inputs import with_latent_scale
+
+    scaled = with_latent_scale(replace(recipe, ar=replace(recipe.ar, token_space="raw")), data)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(data))]
+    latents, _ = data.draw_batch(list(range(len(data))), generators)
+    tokens = latents_to_tokens(latents, scaled.vae, scaled.ar)
+    assert abs(float(tokens.double().std()) - 1) < 1e-5
+    sphere = latents_to_tokens(latents, scaled.vae, replace(scaled.ar, token_space="sphere"))
+    torch.testing.assert_close(sphere.norm(dim=-1), torch.full(sphere.shape[:2], 4.0))

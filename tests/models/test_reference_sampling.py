@@ -34,7 +34,10 @@ def test_one_sde_step_guides_then_lands_on_the_sphere(tiny_recipe):
             torch.testing.assert_close(tokens[row, i], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("settings", [SampleConfig(sampler="ode"), SampleConfig(steps_last=5)])
+@pytest.mark.parametrize(
+    "settings",
+    [SampleConfig(sampler="ode"), SampleConfig(steps_last=5), SampleConfig(normalise="none")],
+)
 def test_settings_beyond_the_paper_are_refused(tiny_recipe, settings):
     with pytest.raises(ValueError, match="the paper's sampler: sde, constant steps"):
         reference_sample(build_ar(tiny_recipe), torch.tensor([1]), settings)

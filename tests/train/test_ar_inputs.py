@@ -36,8 +36,8 @@ def test_a_micro_batch_equals_its_samples_drawn_one_by_one(ar_workspace, inputs)
                                      aug.hflip, decay))  # fmt: skip
         else:
             view = int(torch.randint(source.num_views, (), generator=g))
-            mu, kappa, label = source.posterior(index, view)
-            x = PowerSpherical(mu, kappa).sample(g) * 4.0
+            params, label = source.posterior(index, view)
+            x = PowerSpherical(params["mu"], params["kappa"]).sample(g) * 4.0
         assert torch.equal(batch["x"][j], x) and batch["label"][j] == label
         assert batch["drop"][j] == (torch.rand((), generator=g) < ar.class_dropout)
         assert torch.equal(batch["t"][j], torch.sigmoid(torch.randn(4, 64, generator=g)))

@@ -1,0 +1,128 @@
+"""``spherear compare``: comparison files checked before any work, runs shared between arms
+and comparisons, and the report's figures from runs whose numbers are written here."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spherear.compare import (
+    CompareError,
+    ar_dir,
+    load_comparison,
+    samples_dir,
+    vae_dir,
+    write_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD = f"""
+vae_recipe = "{ROOT / "recipes" / "tiny_vae.toml"}"
+ar_recipe = "{ROOT / "recipes" / "tiny.toml"}"
+seeds = [0, 1]
+token_cfg_scales = [1.0, 4.0]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(f'name = "c"\ntitle = "C"\noutput_dir = "{tmp_path / "runs"}"\n' + HEAD + text)
+    return path
+
+
+ARMS = """
+[[arm]]
+name = "sphere"
+
+[[arm]]
+name = "sphere, no normalisation"
+sample = { normalise = "none" }
+
+[[arm]]
+name = "gaussian raw"
+vae = ["vae.posterior=gaussian", "vae_loss.initial_kappa=0", "vae_loss.initial_std=0.05"]
+ar = ["ar.token_space=raw"]
+"""
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('colour = "red"\n' + ARMS, ["unknown key", "colour"]),
+        ('[[arm]]\nname = "a"\nsample = { steps_fast = 3 }\n', ["arm 'a'", "steps_fast"]),
+        ('[[arm]]\nname = "a"\nar = ["ar.token_space=raw"]\n', ["arm 'a'", "gaussian"]),
+        ('[[arm]]\nname = "a"\n[[arm]]\nname = "A"\n', ["same name"]),
+        ("", ["no [[arm]]"]),
+    ],
+)
+def test_a_bad_comparison_stops_in_one_line_before_any_work(tmp_path, text, words):
+    with pytest.raises(CompareError) as e:
+        load_comparison(write(tmp_path, text))
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_arms_that_differ_only_at_sampling_share_their_runs(tmp_path):
+    c = load_comparison(write(tmp_path, ARMS))
+    sphere, unnormalised, gaussian = c.arms
+    data = c.datasets[0]
+    assert ar_dir(c, sphere, data, 0) == ar_dir(c, unnormalised, data, 0)
+    assert vae_dir(c, sphere, data, 0) != vae_dir(c, gaussian, data, 0)
+    assert vae_dir(c, sphere, data, 0) != vae_dir(c, sphere, data, 1)
+    assert samples_dir(c, sphere, data, 0) != samples_dir(c, unnormalised, data, 0)
+    # another comparison in the same output_dir with the same arm trains nothing new
+    other = tmp_path / "other.toml"
+    other.write_text(write(tmp_path, ARMS).read_text().replace('name = "c"', 'name = "d"'))
+    d = load_comparison(other)
+    assert ar_dir(d, d.arms[0], data, 0) == ar_dir(c, sphere, data, 0)
+    # a --set of the user's changes every run
+    e = load_comparison(write(tmp_path, ARMS), ["data.num_images=100"])
+    assert ar_dir(e, e.arms[0], data, 0) != ar_dir(c, sphere, data, 0)
+
+
+def _fake_results(c, arm, seed, cc, psnr, norm):
+    data = c.datasets[0]
+    vae, ar = vae_dir(c, arm, data, seed), ar_dir(c, arm, data, seed)
+    for run, lines in [(vae, [{"step": 10, "held_out_psnr": psnr - 1}, {"step": 20,
+                                "held_out_psnr": psnr, "steps_per_s": 5.0}]),
+                       (ar, [{"step": 10, "loss": 1, "steps_per_s": 2.0},
+                             {"step": 20, "loss": 1, "steps_per_s": 4.0}])]:  # fmt: skip
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    def summary(mean):
+        return {"norm": {"mean": mean, "std": 0.5}, "dim_variance": [1.0, 2.0],
+                "norm_by_position": {"mean": [mean] * 4, "std": [0.5] * 4}}  # fmt: skip
+
+    stats = {"samples": summary(norm), "data": summary(4.0)}
+    for cfg in (None, *c.token_cfg_scales):
+        out = samples_dir(c, arm, data, seed, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "token_stats.json").write_text(json.dumps(stats))
+        (out / "eval-probe.json").write_text(
+            json.dumps({"metrics": {"probe_class_consistency": cc, "FD_probe": 10.0}})
+        )
+
+
+def test_the_report_gives_each_figure_as_its_mean_and_seed_range(tmp_path):
+    c = load_comparison(write(tmp_path, ARMS))
+    for arm, results in zip(c.arms, [(0.9, 0.8), (0.5, 0.7), (0.6, 0.6)], strict=True):
+        for seed, cc in zip(c.seeds, results, strict=True):
+            _fake_results(c, arm, seed, cc, psnr=25.0 + seed, norm=4.0 + seed)
+    report = write_report(c)
+    text = (report / "README.md").read_text()
+    rows = {}  # the first table's line of each arm (the token table repeats the names)
+    for line in text.splitlines():
+        if line.startswith(("| sphere", "| gaussian")):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    # class-consistency 0.9 and 0.8: mean 0.850, range 0.800-0.900; PSNR the last logged
+    assert "0.850 (0.800–0.900)" in rows["sphere"]
+    assert "25.50 (25.00–26.00)" in rows["sphere"]
+    assert "0.600 (0.600–0.600)" in rows["gaussian raw"]
+    # AR steps per second: the median of the logged 2 and 4
+    assert rows["sphere"].rstrip(" |").endswith("3.0 (3.0–3.0)")
+    # head evaluations per token: the tiny recipe's Heun 8 is 16 per row, twice with CFG
+    assert " 32 " in rows["sphere"]
+    for name in ("quality.png", "token_norms_vs_cfg.png"):
+        assert (report / name).stat().st_size > 1000 and f"]({name})" in text
+    assert "4.000 ± 0.500" in text  # the token norms against CFG, first seed
