@@ -208,7 +208,9 @@ class SampleConfig:
     ``steps`` for the first token falling linearly to ``steps_last`` for the last.
     ``temperature`` scales the head's noise: its starting noise and, for ``sde``, the noise of
     every step (1 = the paper; below 1 each token keeps nearer its likeliest values, as in
-    MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU)."""
+    MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU).
+    ``precision`` bf16 holds the AR weights in bf16 under bf16 autocast, as the authors
+    sample (``spherear.precision``); fp32 computes in fp32."""
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
@@ -217,6 +219,7 @@ class SampleConfig:
     steps_last: int = bounded(0, 0)
     temperature: float = bounded(1.0, 0)
     compile: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass

@@ -25,7 +25,7 @@ import json
 import math
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from spherear.files import (
     sweep,
     write_json,
 )
+from spherear.precision import autocast, held_in
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 
 SETTINGS = "settings.json"
@@ -113,7 +114,6 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
         **asdict(plan),
         "checkpoint": loaded.description,
         "weights_sha256": _weights_sha256(loaded.vae, loaded.ar),
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "numerics": numerics.describe(device),
         "scheme": SCHEME,
         "class_names": list(loaded.recipe.ar.class_names),  # the data's, recorded by train-ar
@@ -163,12 +163,15 @@ def _chunk_range(plan: Plan, k: int) -> range:
 def sample_chunk(
     loaded: Loaded, plan: Plan, labels: np.ndarray, indices: range, accelerator
 ) -> np.ndarray:
-    """Images ``indices`` as (B, H, W, 3) uint8."""
+    """Images ``indices`` as (B, H, W, 3) uint8. The tokens are drawn in the plan's precision
+    (``loaded.ar`` already held in it); the VAE decodes in fp32, about 1% of the time, so that
+    bf16 does not round the pixels before their quantisation."""
     device = accelerator.device
     y = torch.as_tensor(labels[indices.start : indices.stop], device=device)
     generators = noise_generators(plan.seed, indices, device)
-    with torch.inference_mode(), accelerator.autocast():
-        tokens = loaded.ar.sample(y, plan.sampling, generators)
+    with torch.inference_mode():
+        with autocast(device, plan.precision):
+            tokens = loaded.ar.sample(y, plan.sampling, generators)
         images = loaded.vae.decode(tokens)
     return to_uint8(images)
 
@@ -330,8 +333,8 @@ def sample_images(
     reused = sum(_chunk_path(out, k).is_file() for k in range(num_chunks))
     bar = tqdm(total=plan.n, initial=finished(), unit="img", desc="sample",
                disable=not (progress and main))  # fmt: skip
-    loaded.ar.to(accelerator.device).eval()
-    loaded.vae.to(accelerator.device).eval()
+    ar = held_in(loaded.ar.to(accelerator.device).eval(), plan.precision)
+    loaded = replace(loaded, ar=ar, vae=loaded.vae.to(accelerator.device).eval())
     made = 0
     for k in range(accelerator.process_index, num_chunks, accelerator.num_processes):
         path = _chunk_path(out, k)

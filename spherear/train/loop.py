@@ -27,6 +27,7 @@ import torch
 
 from spherear.config import Recipe, TrainConfig
 from spherear.files import note
+from spherear.precision import of_recipe
 from spherear.train import TrainingError
 from spherear.train.batches import BatchPlan, StepBatches, steps_per_epoch, total_steps
 from spherear.train.curves import plot_curves
@@ -66,7 +67,7 @@ class Loop:
         self.ema: EMA | None = None
         self.step = 0
         if self.main:
-            record_run(recipe, self.run_dir)
+            record_run(recipe, self.run_dir, of_recipe(self.accelerator.mixed_precision))
         torch.manual_seed(recipe.run.seed)
 
     def resume(self, parts: dict[str, Part], ema: EMA | None = None) -> int:

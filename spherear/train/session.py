@@ -21,7 +21,8 @@ RUN_RECORD = "run.json"
 
 
 def training_accelerator(cfg: TrainConfig, run_dir: Path):
-    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU;
+    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast with
+    ``train.mixed_precision = "bf16"`` (CUDA or CPU), gloo on CPU;
     TensorBoard (or wandb) tracking through Accelerate."""
     tracker = None if cfg.log_with == "none" else cfg.log_with
     if tracker and importlib.util.find_spec(tracker) is None:
@@ -50,10 +51,12 @@ def fused_optimizers(accelerator) -> bool:
     return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def record_run(recipe: Recipe, run_dir: Path) -> None:
-    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``."""
+def record_run(recipe: Recipe, run_dir: Path, precision: str = "fp32") -> None:
+    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``:
+    the RoPE rule and the ``precision`` the run computes in ("fp32" or "bf16")."""
     save_recipe(spell_out(recipe), run_dir)
-    write_json(run_dir / RUN_RECORD, {"rope": ROPE_CONVENTION}, "run-record")
+    record = {"rope": ROPE_CONVENTION, "precision": precision}
+    write_json(run_dir / RUN_RECORD, record, "run-record")
 
 
 def _rope_of(run_dir: Path) -> str | None:

@@ -1,0 +1,171 @@
+"""fp32 against bf16, interleaved: sampling ms per token and training step time and MFU.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_precision.py [--batches 2 16 64 256] [--repeats 2]
+
+Sampling is `spherear sample`'s code path on SphereAR-B with random weights at the paper's
+settings (CFG 4.5 linear, 100 SDE steps, a generator per image): fp32, and bf16 as
+``[sample] precision = "bf16"`` runs it (``spherear.precision.held_in``: the weights held in
+bf16 under bf16 autocast). A steady decoding step is timed: the first ``--tokens`` tokens
+less the first one (which holds the prefill), per token. Training is one step of
+``train-ar``'s arithmetic (forward, backward, AdamW) under ``train.mixed_precision`` "no" and
+"bf16", for tiny and B at ``--train-batch``; its MFU is against the measured matmul peak of
+the dtype the products run in (fp32 or bf16). Arms alternate (A B A B) and the medians are
+printed with the load average before and after; ``--clock cpu`` (the default) times this
+process's CPU time, which a busy machine hardly moves with one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from bench_models import (
+    RECIPES,
+    SIZES,
+    _EnoughTokens,
+    cpu_name,
+    first_tokens_only,
+    flops_per_token,
+    matmul_gflops,
+    sig,
+)
+
+from spherear.config import SampleConfig, load_recipe
+from spherear.models import build_ar
+from spherear.models.token_sampler import to_sphere
+from spherear.precision import autocast, held_in
+from spherear.sample import noise_generators
+
+PAPER = SampleConfig(cfg=4.5, cfg_schedule="linear", steps=100, sampler="sde")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+ARMS = ("fp32", "bf16")
+
+
+def log(msg: str) -> None:
+    print(f"[bench_precision] {msg}", file=sys.stderr, flush=True)
+
+
+def random_ar(size: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_ar(load_recipe(RECIPES / SIZES[size]))
+
+
+def decode_seconds(ar, precision: str, batch: int, k: int, clock) -> float:
+    """Seconds for the first ``k`` tokens of a batch, as ``spherear sample`` draws them."""
+    device = torch.device("cpu")
+    labels = torch.arange(batch) % ar.config.num_classes
+    generators = noise_generators(0, range(batch), device)
+    start = clock()
+    limited, cast = first_tokens_only(ar, k), autocast(device, precision)
+    with contextlib.suppress(_EnoughTokens), limited, torch.inference_mode(), cast:
+        ar.sample(labels, PAPER, generators)
+    return clock() - start
+
+
+def bench_sampling(batches: list[int], tokens: int, repeats: int, clock) -> dict:
+    fp32 = random_ar("B").eval()
+    models = {"fp32": fp32, "bf16": held_in(fp32, "bf16")}
+    out = {}
+    for batch in batches:
+        times = {arm: [] for arm in ARMS}
+        load = os.getloadavg()[0]
+        for arm in ARMS:  # warm-up: allocations, oneDNN kernels
+            decode_seconds(models[arm], arm, batch, 1, clock)
+        for r in range(repeats):
+            for arm in ARMS:
+                first = decode_seconds(models[arm], arm, batch, 1, clock)
+                k = decode_seconds(models[arm], arm, batch, tokens, clock)
+                times[arm].append(1000 * (k - first) / (tokens - 1))
+                log(f"batch {batch} repeat {r} {arm}: {times[arm][-1]:.0f} ms/token")
+        median = {arm: statistics.median(v) for arm, v in times.items()}
+        out[f"batch_{batch}"] = {
+            **{f"{arm}_ms_per_token": sig(median[arm]) for arm in ARMS},
+            "speedup": sig(median["fp32"] / median["bf16"], 3),
+            "all_ms": {arm: [sig(t) for t in v] for arm, v in times.items()},
+            "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+        }
+    return out
+
+
+def train_step(ar, optimizer, tokens, labels, precision: str, clock) -> float:
+    """Seconds of one training step: forward under ``precision``, backward, AdamW."""
+    start = clock()
+    with autocast(torch.device("cpu"), precision):
+        loss = ar(tokens, labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return clock() - start
+
+
+def bench_training(sizes: list[str], batch: int, repeats: int, clock, peaks: dict) -> dict:
+    out = {}
+    for size in sizes:
+        ar = random_ar(size).train()
+        optimizer = torch.optim.AdamW(ar.parameters(), lr=1e-4, fused=True)
+        tokens = to_sphere(torch.randn(batch, ar.num_tokens, ar.latent_dim))
+        labels = torch.randint(ar.config.num_classes, (batch,))
+        flops = flops_per_token(ar, PAPER.steps, guided=True)["flops_per_token_train"]
+
+        step = functools.partial(train_step, ar, optimizer, tokens, labels, clock=clock)
+        for arm in ARMS:
+            step(arm)  # warm-up
+        times = {arm: [] for arm in ARMS}
+        load = os.getloadavg()[0]
+        for _ in range(repeats):
+            for arm in ARMS:
+                times[arm].append(step(arm))
+        row = {"batch": batch, "flops_per_token": flops}
+        for arm in ARMS:
+            seconds = statistics.median(times[arm])
+            rate = batch * ar.num_tokens * flops / seconds
+            row[f"{arm}_step_s"] = sig(seconds)
+            row[f"{arm}_mfu"] = sig(rate / (peaks[arm] * 1e9), 3)
+        row["speedup"] = sig(row["fp32_step_s"] / row["bf16_step_s"], 3)
+        row["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        out[size] = row
+        log(f"train {size}: {row}")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batches", nargs="+", type=int, default=[2, 16, 64, 256])
+    p.add_argument("--tokens", type=int, default=3, help="tokens decoded per timing (>= 2)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--train-sizes", nargs="*", default=["tiny", "B"], choices=list(SIZES))
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--clock", choices=list(CLOCKS), default="cpu")
+    args = p.parse_args()
+    clock = CLOCKS[args.clock]
+    started = time.perf_counter()
+    peaks = {
+        arm: matmul_gflops(torch.device("cpu"), dtype, 2048)
+        for arm, dtype in zip(ARMS, (torch.float32, torch.bfloat16), strict=True)
+    }
+    result = {
+        "machine": {
+            "cpu": cpu_name(),
+            "torch_num_threads": torch.get_num_threads(),
+            "clock": args.clock,
+            "torch": torch.__version__,
+            "matmul_gflops": {arm: sig(v) for arm, v in peaks.items()},
+            "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
+        },  # fmt: skip
+        "sampling_B": bench_sampling(args.batches, args.tokens, args.repeats, clock),
+        "training": bench_training(args.train_sizes, args.train_batch, args.repeats, clock, peaks),
+    }
+    result["machine"]["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
