@@ -5,7 +5,7 @@
 Sampling is `spherear sample`'s code path on SphereAR-B with random weights at the paper's
 settings (CFG 4.5 linear, 100 SDE steps, a generator per image): fp32, and bf16 as
 ``[sample] precision = "bf16"`` runs it (``spherear.precision.held_in``: the weights held in
-bf16 under bf16 autocast). A steady decoding step is timed: the first ``--tokens`` tokens
+bf16). A steady decoding step is timed: the first ``--tokens`` tokens
 less the first one (which holds the prefill), per token. Training is one step of
 ``train-ar``'s arithmetic (forward, backward, AdamW) under ``train.mixed_precision`` "no" and
 "bf16", for tiny and B at ``--train-batch``; its MFU is against the measured matmul peak of
@@ -57,14 +57,14 @@ def random_ar(size: str) -> torch.nn.Module:
     return build_ar(load_recipe(RECIPES / SIZES[size]))
 
 
-def decode_seconds(ar, precision: str, batch: int, k: int, clock) -> float:
-    """Seconds for the first ``k`` tokens of a batch, as ``spherear sample`` draws them."""
+def decode_seconds(ar, batch: int, k: int, clock) -> float:
+    """Seconds for the first ``k`` tokens of a batch, as ``spherear sample`` draws them
+    (in the precision ``ar`` is held in)."""
     device = torch.device("cpu")
     labels = torch.arange(batch) % ar.config.num_classes
     generators = noise_generators(0, range(batch), device)
     start = clock()
-    limited, cast = first_tokens_only(ar, k), autocast(device, precision)
-    with contextlib.suppress(_EnoughTokens), limited, torch.inference_mode(), cast:
+    with contextlib.suppress(_EnoughTokens), first_tokens_only(ar, k), torch.inference_mode():
         ar.sample(labels, PAPER, generators)
     return clock() - start
 
@@ -77,11 +77,11 @@ def bench_sampling(batches: list[int], tokens: int, repeats: int, clock) -> dict
         times = {arm: [] for arm in ARMS}
         load = os.getloadavg()[0]
         for arm in ARMS:  # warm-up: allocations, oneDNN kernels
-            decode_seconds(models[arm], arm, batch, 1, clock)
+            decode_seconds(models[arm], batch, 1, clock)
         for r in range(repeats):
             for arm in ARMS:
-                first = decode_seconds(models[arm], arm, batch, 1, clock)
-                k = decode_seconds(models[arm], arm, batch, tokens, clock)
+                first = decode_seconds(models[arm], batch, 1, clock)
+                k = decode_seconds(models[arm], batch, tokens, clock)
                 times[arm].append(1000 * (k - first) / (tokens - 1))
                 log(f"batch {batch} repeat {r} {arm}: {times[arm][-1]:.0f} ms/token")
         median = {arm: statistics.median(v) for arm, v in times.items()}

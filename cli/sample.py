@@ -66,8 +66,8 @@ def sample(
     precision: Literal["fp32", "bf16"] | None = typer.Option(
         None,
         "--precision",
-        help="bf16: weights held in bf16 under bf16 autocast, as the authors sample (2x to 4x "
-        "faster on a CPU with bf16 instructions); fp32 (default: the recipe's).",
+        help="bf16: the AR weights held in bf16, as the authors sample (about 2x faster on a "
+        "CPU with bf16 instructions); fp32 (default: the recipe's).",
     ),
     labels: Literal["balanced", "random"] = typer.Option(
         "balanced",

@@ -15,19 +15,18 @@ from typing import Literal
 
 def make_accelerator(
     mixed_precision: Literal["no", "bf16"] = "no",
-    fsdp: bool = False,
     log_with: str | None = None,
     project_dir: str | None = None,
 ):
-    """An ``accelerate.Accelerator``; ``fsdp`` shards the models (else DDP), ``log_with``
-    names a tracker (TensorBoard, wandb) that writes under ``project_dir``."""
+    """An ``accelerate.Accelerator`` (DDP across processes; ``train.fsdp`` shards with
+    ``spherear.train.sharding`` instead); ``log_with`` names a tracker (TensorBoard, wandb)
+    that writes under ``project_dir``."""
     import torch
-    from accelerate import Accelerator, FullyShardedDataParallelPlugin
+    from accelerate import Accelerator
 
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         log_with=log_with,
         project_dir=project_dir,
-        fsdp_plugin=FullyShardedDataParallelPlugin() if fsdp else None,
     )

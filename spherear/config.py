@@ -209,8 +209,8 @@ class SampleConfig:
     ``temperature`` scales the head's noise: its starting noise and, for ``sde``, the noise of
     every step (1 = the paper; below 1 each token keeps nearer its likeliest values, as in
     MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU).
-    ``precision`` bf16 holds the AR weights in bf16 under bf16 autocast, as the authors
-    sample (``spherear.precision``); fp32 computes in fp32."""
+    ``precision`` bf16 holds the AR weights in bf16, as the authors sample in bf16
+    (``spherear.precision``); fp32 computes in fp32."""
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"

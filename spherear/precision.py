@@ -1,11 +1,12 @@
 """The precision a command computes in: fp32, or bf16 with fp32 islands.
 
-bf16 means ``torch.autocast`` to bf16 on the command's device, CPU or CUDA alike, so that the
-fp32 islands the models keep under autocast (power-spherical maths, the S-VAE posterior,
-losses, RMSNorm, RoPE, radial normalisation, the sampler's own arithmetic) are the same
-everywhere. For sampling, ``held_in`` also stores the weights in bf16: autocast would
-otherwise cast every fp32 weight again at every head call, which on a CPU costs more than
-the bf16 product saves at small batch.
+Training and caching latents autocast to bf16 on the command's device, CPU or CUDA alike, so
+that the fp32 islands the models keep under autocast (power-spherical maths, the S-VAE
+posterior, losses) are the same everywhere. Sampling instead holds the AR model's weights in
+bf16 (``held_in``) and runs without autocast: autocast would cast every fp32 weight again at
+every head call, which on a CPU costs more than the bf16 product saves at small batch, and
+the sampling code keeps its own fp32 islands (RMSNorm, RoPE, the guided velocity, the
+sampler's steps, radial normalisation), each casting its inputs to the weights' dtype.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ def autocast(device: torch.device, precision: Precision) -> torch.autocast:
 
 def held_in(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
     """``model`` itself for fp32; for bf16 a copy whose floating-point parameters are bf16.
-    Buffers (the RoPE table) stay fp32: they are computed once, and rounding their angles
-    would move every position."""
+    Buffers (the RoPE table) stay fp32: rounding their angles would move every position."""
     if precision == "fp32":
         return model
     held = copy.deepcopy(model)

@@ -44,7 +44,7 @@ from spherear.files import (
     sweep,
     write_json,
 )
-from spherear.precision import autocast, held_in
+from spherear.precision import held_in
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 
 SETTINGS = "settings.json"
@@ -163,15 +163,14 @@ def _chunk_range(plan: Plan, k: int) -> range:
 def sample_chunk(
     loaded: Loaded, plan: Plan, labels: np.ndarray, indices: range, accelerator
 ) -> np.ndarray:
-    """Images ``indices`` as (B, H, W, 3) uint8. The tokens are drawn in the plan's precision
-    (``loaded.ar`` already held in it); the VAE decodes in fp32, about 1% of the time, so that
-    bf16 does not round the pixels before their quantisation."""
+    """Images ``indices`` as (B, H, W, 3) uint8. The tokens are drawn in the precision
+    ``loaded.ar`` is held in (``spherear.precision.held_in``); the VAE decodes in fp32, about
+    1% of the time, so that bf16 does not round the pixels before their quantisation."""
     device = accelerator.device
     y = torch.as_tensor(labels[indices.start : indices.stop], device=device)
     generators = noise_generators(plan.seed, indices, device)
     with torch.inference_mode():
-        with autocast(device, plan.precision):
-            tokens = loaded.ar.sample(y, plan.sampling, generators)
+        tokens = loaded.ar.sample(y, plan.sampling, generators)
         images = loaded.vae.decode(tokens)
     return to_uint8(images)
 

@@ -40,6 +40,7 @@ from spherear.train.session import (
     trackers,
     training_accelerator,
 )
+from spherear.train.sharding import whole
 from spherear.train.state import Part, TrainingState
 from spherear.train.stop import StopRequests, ignore_stop_signals, stopped
 
@@ -60,7 +61,7 @@ class Loop:
         self.plan = BatchPlan.make(self.cfg, self.accelerator.num_processes)
         self.total = total_steps(self.cfg, steps_per_epoch(num_examples, self.plan.global_batch))
         self.main = self.accelerator.is_main_process
-        self.fused = fused_optimizers(self.accelerator)
+        self.fused = fused_optimizers(self.accelerator, self.cfg)
         self.state = TrainingState(self.run_dir, self.cfg.keep_checkpoints, self.accelerator)
         self.log = MetricsLog(self.run_dir, self.main)
         self.parts: dict[str, Part] = {}
@@ -214,5 +215,6 @@ def oom_message(error: Exception, plan: BatchPlan, cfg: TrainConfig) -> Training
 
 
 def weights_checksum(model: torch.nn.Module) -> float:
-    """A float64 sum over all parameters: equal on every process of a healthy DDP run."""
-    return float(sum(p.detach().double().sum() for p in model.parameters()))
+    """A float64 sum over all parameters (whole, if sharded): equal on every process of a
+    healthy run."""
+    return float(sum(whole(p.detach()).double().sum() for p in model.parameters()))

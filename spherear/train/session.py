@@ -30,7 +30,7 @@ def training_accelerator(cfg: TrainConfig, run_dir: Path):
             f"train.log_with = {tracker!r} but the {tracker} package is not installed; "
             f"pip install {tracker}, or set train.log_with = 'none'"
         )
-    return make_accelerator(cfg.mixed_precision, cfg.fsdp, tracker, str(run_dir))
+    return make_accelerator(cfg.mixed_precision, tracker, str(run_dir))
 
 
 def trackers(accelerator, recipe: Recipe) -> None:
@@ -43,12 +43,13 @@ def trackers(accelerator, recipe: Recipe) -> None:
     accelerator.init_trackers(recipe.run.name, config=flat)
 
 
-def fused_optimizers(accelerator) -> bool:
-    """Fused AdamW, except where FSDP or DeepSpeed shard or wrap the parameters: whether
-    set by the recipe or by ``accelerate config``, we have not tested them with it."""
+def fused_optimizers(accelerator, cfg: TrainConfig) -> bool:
+    """Fused AdamW, except over sharded parameters (``train.fsdp``, or FSDP and DeepSpeed
+    set by ``accelerate config``): we have not tested it with them."""
     from accelerate.utils import DistributedType
 
-    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return not cfg.fsdp and accelerator.distributed_type not in sharded
 
 
 def record_run(recipe: Recipe, run_dir: Path, precision: str = "fp32") -> None:
