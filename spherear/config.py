@@ -132,9 +132,9 @@ class TrainConfig:
     max_steps: int = bounded(0, 0)  # 0: train for `epochs`
     inputs: Literal["latents", "images"] = "latents"  # AR: the latent cache or on-the-fly encoding
     vae_checkpoint: str = ""  # AR: the trained S-VAE (export folder or the authors' vae.pt)
-    grad_checkpointing: bool = False
-    compile: bool = False
-    fsdp: bool = False
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False  # torch.compile the model (inductor, on a CPU too)
+    fsdp: bool = False  # AR: shard with torch's fully_shard (spherear.train.sharding)
     num_workers: int = bounded(2, 0)
     log_every: int = bounded(10, 1)
     checkpoint_every: int = bounded(5000, 1)
