@@ -54,6 +54,12 @@ def train(root: Path, out: str, *extra: str, launcher=SPHEREAR) -> subprocess.Co
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True)
 
 
+def largest_difference(a: dict, b: dict) -> float:
+    """The largest elementwise distance between two state dicts of the same keys."""
+    assert set(a) == set(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
 def losses(run: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in read_metrics(run) if "loss" in m}
 

@@ -9,15 +9,10 @@ from spherear.config import SampleConfig
 from spherear.train.metrics import read_metrics
 
 from ..conftest import kill_when
-from .conftest import ENV, STEPS, TORCHRUN, losses, train
+from .conftest import ENV, STEPS, TORCHRUN, largest_difference, losses, train
 
 pytestmark = pytest.mark.slow
 FSDP = ("--set", "train.fsdp=true")
-
-
-def largest_difference(a: dict, b: dict) -> float:
-    assert set(a) == set(b)
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,10 @@ import pytest
 from safetensors.torch import load_file
 
 from ..conftest import kill_when
-from .conftest import ENV, SPHEREAR, STEPS, losses, train
+from .conftest import ENV, SPHEREAR, STEPS, largest_difference, losses, train
 
 pytestmark = pytest.mark.slow
 BF16 = ("--set", "train.mixed_precision=bf16")
-
-
-def largest_difference(a: dict, b: dict) -> float:
-    assert set(a) == set(b)
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_bf16_training_stays_near_fp32_and_resumes_exactly(ar_workspace, straight):
