@@ -57,7 +57,7 @@ def random_ar(size: str) -> torch.nn.Module:
     return build_ar(load_recipe(RECIPES / SIZES[size]))
 
 
-def decode_seconds(ar, batch: int, k: int, clock) -> float:
+def decode_seconds(ar, batch: int, k: int, clock, settings: SampleConfig = PAPER) -> float:
     """Seconds for the first ``k`` tokens of a batch, as ``spherear sample`` draws them
     (in the precision ``ar`` is held in)."""
     device = torch.device("cpu")
@@ -65,7 +65,7 @@ def decode_seconds(ar, batch: int, k: int, clock) -> float:
     generators = noise_generators(0, range(batch), device)
     start = clock()
     with contextlib.suppress(_EnoughTokens), first_tokens_only(ar, k), torch.inference_mode():
-        ar.sample(labels, PAPER, generators)
+        ar.sample(labels, settings, generators)
     return clock() - start
 
 
@@ -76,33 +76,37 @@ def kv_cache_gib(ar, batch: int, bytes_per_number: int) -> float:
     return numbers * bytes_per_number / 2**30
 
 
-def bench_sampling(batches: list[int], tokens: int, repeats: int, clock) -> dict:
+def bench_sampling(batches: list[int], tokens: int, repeats: int, clock, compiled: bool) -> dict:
     import psutil
 
     fp32 = random_ar("B").eval()
-    models = {"fp32": fp32, "bf16": held_in(fp32, "bf16")}
+    bf16 = held_in(fp32, "bf16")
+    models = {"fp32": (fp32, PAPER), "bf16": (bf16, PAPER)}
+    if compiled:  # the head step through torch.compile (inductor, weights frozen)
+        models["bf16_compiled"] = (bf16, SampleConfig(**{**PAPER.__dict__, "compile": True}))
     out = {}
     for batch in batches:
         # an arm whose KV cache does not fit beside the other jobs is left out, and said so
         free = psutil.virtual_memory().available / 2**30
-        need = {arm: kv_cache_gib(fp32, batch, 4 if arm == "fp32" else 2) for arm in ARMS}
-        arms = [arm for arm in ARMS if need[arm] < 0.8 * free]
+        need = {arm: kv_cache_gib(fp32, batch, 4 if arm == "fp32" else 2) for arm in models}
+        arms = [arm for arm in models if need[arm] < 0.8 * free]
         out[f"batch_{batch}"] = row = {"kv_cache_gib": {a: sig(v, 3) for a, v in need.items()},
                                        "available_gib": sig(free, 3)}  # fmt: skip
         times = {arm: [] for arm in arms}
         load = os.getloadavg()[0]
         for arm in arms:  # warm-up: allocations, oneDNN kernels
-            decode_seconds(models[arm], batch, 1, clock)
+            decode_seconds(models[arm][0], batch, 1, clock, models[arm][1])
         for r in range(repeats):
             for arm in arms:
-                first = decode_seconds(models[arm], batch, 1, clock)
-                k = decode_seconds(models[arm], batch, tokens, clock)
+                first = decode_seconds(models[arm][0], batch, 1, clock, models[arm][1])
+                k = decode_seconds(models[arm][0], batch, tokens, clock, models[arm][1])
                 times[arm].append(1000 * (k - first) / (tokens - 1))
                 log(f"batch {batch} repeat {r} {arm}: {times[arm][-1]:.0f} ms/token")
         median = {arm: statistics.median(v) for arm, v in times.items()}
         row.update({f"{arm}_ms_per_token": sig(median[arm]) for arm in arms})
-        if len(arms) == len(ARMS):
-            row["speedup"] = sig(median["fp32"] / median["bf16"], 3)
+        if "fp32" in arms:
+            row.update({f"{arm}_speedup": sig(median["fp32"] / median[arm], 3)
+                        for arm in arms if arm != "fp32"})  # fmt: skip
         row["all_ms"] = {arm: [sig(t) for t in v] for arm, v in times.items()}
         row["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     return out
@@ -157,6 +161,7 @@ def main() -> None:
     p.add_argument("--train-sizes", nargs="*", default=["tiny", "B"], choices=list(SIZES))
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--clock", choices=list(CLOCKS), default="cpu")
+    p.add_argument("--compile", action="store_true", help="a bf16 arm with --compile too")
     args = p.parse_args()
     clock = CLOCKS[args.clock]
     started = time.perf_counter()
@@ -173,7 +178,7 @@ def main() -> None:
             "matmul_gflops": {arm: sig(v) for arm, v in peaks.items()},
             "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         },  # fmt: skip
-        "sampling_B": bench_sampling(args.batches, args.tokens, args.repeats, clock),
+        "sampling_B": bench_sampling(args.batches, args.tokens, args.repeats, clock, args.compile),
         "training": bench_training(args.train_sizes, args.train_batch, args.repeats, clock, peaks),
     }
     result["machine"]["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
