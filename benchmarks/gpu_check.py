@@ -1,14 +1,16 @@
-"""One-command GPU check of the sampling and training paths: prints one JSON object.
+"""The speed part of the GPU check (``gpu_check.sh`` runs it): one JSON object, then one
+PASS/FAIL line per check.
 
     bash benchmarks/gpu_check.sh            # or: python benchmarks/gpu_check.py [--quick]
 
-On one GPU, in well under 8 minutes: the bf16 and fp32 matmul peak; SphereAR-B training
-under bf16 autocast (tokens/s, MFU against the bf16 peak, peak memory); SphereAR-B sampling
-at the paper's settings (CFG 4.5 linear, 100 SDE steps) under bf16 autocast at batch 256,
-eager, with the head step compiled, and compiled with CUDA graphs (images/s extrapolated
-from the first tokens, and how far the compiled tokens are from the eager ones); peak
-memory of each. Random weights: speed does not depend on them. ``--quick`` runs the same
-code on the tiny model (and on the CPU when there is no GPU), to check the script itself.
+On one GPU, in a few minutes: the bf16 and fp32 matmul peak; SphereAR-B training under bf16
+autocast (tokens/s, MFU against the bf16 peak, peak memory); SphereAR-B sampling at the
+paper's settings (CFG 4.5 linear, 100 SDE steps) with the weights held in bf16 as
+``[sample] precision = "bf16"`` samples, at batch 256: eager, with the head step compiled,
+and compiled with CUDA graphs (images/s extrapolated from the first tokens, and how far the
+compiled tokens are from the eager ones); peak memory of each. Random weights: speed does
+not depend on them. ``--quick`` runs the same code on the tiny model (and on the CPU when
+there is no GPU), to check the script itself.
 """
 
 from __future__ import annotations
@@ -33,15 +35,10 @@ from bench_models import (
 
 from spherear.config import SampleConfig, load_recipe
 from spherear.models import build_ar, token_sampler
+from spherear.precision import autocast, held_in
 from spherear.sample import noise_generators
 
 PAPER = SampleConfig(cfg=4.5, cfg_schedule="linear", steps=100, sampler="sde")
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
@@ -64,7 +61,7 @@ def sample_tokens(ar, batch: int, k: int, settings: SampleConfig, device) -> tup
     handle = ar.proj_in.register_forward_pre_hook(lambda m, args: drawn.append(args[0].float()))
     sync(device)
     start = time.perf_counter()
-    with contextlib.suppress(_EnoughTokens), first_tokens_only(ar, k), autocast(device):
+    with contextlib.suppress(_EnoughTokens), first_tokens_only(ar, k), torch.inference_mode():
         ar.sample(labels, settings, generators)
     sync(device)
     seconds = time.perf_counter() - start
@@ -121,7 +118,8 @@ def main() -> None:
     flops = flops_per_token(ar, PAPER.steps, guided=True)
 
     reset_peak(device)
-    tokens_per_s, iters = bench_train(ar, 2 if args.quick else args.train_batch, device)
+    with autocast(device, "bf16"):  # as train.mixed_precision = "bf16"
+        tokens_per_s, iters = bench_train(ar, 2 if args.quick else args.train_batch, device)
     peak = result.get("matmul_tflops", {}).get("bfloat16")
     result["train_bf16"] = {
         "batch": 2 if args.quick else args.train_batch,
@@ -130,12 +128,37 @@ def main() -> None:
         "mfu": sig(tokens_per_s * flops["flops_per_token_train"] / (peak * 1e12)) if peak else None,
         "peak_memory_gib": peak_memory_gib(device),
     }
-    ar.eval()
+    ar = held_in(ar.eval(), "bf16")  # as [sample] precision = "bf16" samples
     k = min(args.sample_tokens, ar.num_tokens)
     result["sample_bf16"] = {"batch": batch, "tokens_timed": k,
                              **bench_sampling(ar, batch, k, device)}  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))
+    for line in verdicts(result):
+        print(line)
+
+
+def verdicts(result: dict) -> list[str]:
+    """One PASS/FAIL line per check. Compiled tokens may differ from eager ones by rounding
+    only: kernels fuse and sum in another order, in bf16 (spacing 2^-5 at the tokens'
+    radius of 4) for the first tokens, so more than 2^-3 means another computation."""
+    lines = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        lines.append(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
+
+    train = result["train_bf16"]
+    check("bf16 training of " + result["size"], train["tokens_per_s"] > 0,
+          f"{train['tokens_per_s']} tokens/s, MFU {train['mfu']}, "
+          f"peak {train['peak_memory_gib']} GiB")  # fmt: skip
+    for arm, row in result["sample_bf16"].items():
+        if not isinstance(row, dict):
+            continue
+        ok = row["max_abs_diff_to_eager"] <= 2**-3 and row["images_per_s"] > 0
+        check(f"bf16 sampling, {arm}, batch {result['sample_bf16']['batch']}", ok,
+              f"{row['images_per_s']} images/s, {row['max_abs_diff_to_eager']} from eager, "
+              f"peak {row['peak_memory_gib']} GiB")  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

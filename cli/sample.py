@@ -74,6 +74,12 @@ def sample(
         help="Where each token goes back onto the sphere: after_cfg (the paper), before_cfg, "
         "none; auto = the model's own (none for raw Gaussian latents) (default: the recipe's).",
     ),
+    precision: Literal["fp32", "bf16"] | None = typer.Option(
+        None,
+        "--precision",
+        help="bf16: the AR weights held in bf16, as the authors sample (about 2x faster on a "
+        "CPU with bf16 instructions); fp32 (default: the recipe's).",
+    ),
     labels: Literal["balanced", "random"] = typer.Option(
         "balanced",
         "--labels",
@@ -106,8 +112,8 @@ def sample(
         return Plan.from_recipe(
             defaults, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps, sampler=sampler,
             steps_last=steps_last, temperature=temperature, compile=compiled,
-            normalise=normalise, labels=labels,
-            seed=seed, batch_size=batch_size, weights=weights,
+            precision=precision, normalise=normalise, labels=labels, seed=seed,
+            batch_size=batch_size, weights=weights,
         )  # fmt: skip
 
     # checked against the checkpoint's header before torch loads: a 2 GB file takes a while
@@ -120,7 +126,7 @@ def sample(
     from spherear.checkpoints import load_checkpoint
     from spherear.sample import sample_images
 
-    accelerator = make_accelerator("bf16")
+    accelerator = make_accelerator()  # the plan says the precision
     say = typer.echo if accelerator.is_main_process else lambda _: None
     if checkpoint is None:
         say(f"sampling the newest train-ar run: {source.run}")
@@ -129,7 +135,7 @@ def sample(
     if out is None:
         out = default_out(source, plan)
         check_output_folder(out, SAMPLES, "--out", [local])
-    say(f"{loaded.description}: {plan.tag}, batch {plan.batch_size}, "
+    say(f"{loaded.description}: {plan.tag}, {plan.precision}, batch {plan.batch_size}, "
         f"{accelerator.num_processes} process(es) -> {out}")  # fmt: skip
     result = sample_images(loaded, plan, out, accelerator)
     say(result.summary())

@@ -2,8 +2,10 @@
 caching latents, sampling and evaluation.
 
 CUDA when there is one, else the CPU with ``cpu=True``: without it, Accelerate ignores the
-processes of ``torchrun`` on a machine without CUDA. Mixed precision is for CUDA only; on a
-CPU every command computes in fp32.
+processes of ``torchrun`` on a machine without CUDA. ``mixed_precision = "bf16"`` autocasts
+to bf16 on either: CPUs with avx512_bf16 or AMX run bf16 matrix products natively, and the
+same fp32 islands (power-spherical maths, losses, the posterior, radial normalisation) hold
+on both, so the CPU exercises the paths a GPU run takes.
 """
 
 from __future__ import annotations
@@ -13,20 +15,18 @@ from typing import Literal
 
 def make_accelerator(
     mixed_precision: Literal["no", "bf16"] = "no",
-    fsdp: bool = False,
     log_with: str | None = None,
     project_dir: str | None = None,
 ):
-    """An ``accelerate.Accelerator``; ``fsdp`` shards the models (else DDP), ``log_with``
-    names a tracker (TensorBoard, wandb) that writes under ``project_dir``."""
+    """An ``accelerate.Accelerator`` (DDP across processes; ``train.fsdp`` shards with
+    ``spherear.train.sharding`` instead); ``log_with`` names a tracker (TensorBoard, wandb)
+    that writes under ``project_dir``."""
     import torch
-    from accelerate import Accelerator, FullyShardedDataParallelPlugin
+    from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
     return Accelerator(
-        cpu=not cuda,
-        mixed_precision=mixed_precision if cuda else "no",
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed_precision,
         log_with=log_with,
         project_dir=project_dir,
-        fsdp_plugin=FullyShardedDataParallelPlugin() if fsdp else None,
     )

@@ -172,9 +172,9 @@ class TrainConfig:
     max_steps: int = bounded(0, 0)  # 0: train for `epochs`
     inputs: Literal["latents", "images"] = "latents"  # AR: the latent cache or on-the-fly encoding
     vae_checkpoint: str = ""  # AR: the trained S-VAE (export folder or the authors' vae.pt)
-    grad_checkpointing: bool = False
-    compile: bool = False
-    fsdp: bool = False
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False  # torch.compile the model (inductor, on a CPU too)
+    fsdp: bool = False  # AR: shard with torch's fully_shard (spherear.train.sharding)
     num_workers: int = bounded(2, 0)
     log_every: int = bounded(10, 1)
     checkpoint_every: int = bounded(5000, 1)
@@ -254,7 +254,9 @@ class SampleConfig:
     ``temperature`` scales the head's noise: its starting noise and, for ``sde``, the noise of
     every step (1 = the paper; below 1 each token keeps nearer its likeliest values, as in
     MAR). ``compile`` runs the head's step through ``torch.compile`` (CUDA graphs on a GPU).
-    ``normalise`` says where each token is put back on the sphere."""
+    ``normalise`` says where each token is put back on the sphere; ``precision`` bf16 holds
+    the AR weights in bf16, as the authors sample in bf16 (``spherear.precision``); fp32
+    computes in fp32."""
 
     cfg: float = bounded(4.5, 0)
     cfg_schedule: Literal["linear", "constant"] = "linear"
@@ -268,6 +270,7 @@ class SampleConfig:
     # unguided, normalised, then guided), "none"; "auto": the model's own, after_cfg for
     # tokens on the sphere and none for raw Gaussian latents
     normalise: Literal["auto", "after_cfg", "before_cfg", "none"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass

@@ -28,7 +28,7 @@ import json
 import math
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ from spherear.files import (
 )
 from spherear.folder_lock import hold
 from spherear.models.token_space import normalisation
+from spherear.precision import held_in
 from spherear.sample_plan import Plan, SampleError, class_labels, only_a_vae
 from spherear.token_stats import token_sums
 
@@ -120,7 +121,6 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
         **asdict(plan),
         "checkpoint": loaded.description,
         "weights_sha256": _weights_sha256(loaded.vae, loaded.ar),
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "numerics": numerics.describe(device),
         "scheme": SCHEME,
         "class_names": list(loaded.recipe.ar.class_names),  # the data's, recorded by train-ar
@@ -175,11 +175,14 @@ def _chunk_range(plan: Plan, k: int) -> range:
 def sample_chunk(
     loaded: Loaded, plan: Plan, labels: np.ndarray, indices: range, accelerator
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Images ``indices`` as (B, H, W, 3) uint8, and the sums of their tokens."""
+    """Images ``indices`` as (B, H, W, 3) uint8, and the sums of their tokens. The tokens
+    are drawn in the precision ``loaded.ar`` is held in (``spherear.precision.held_in``);
+    the VAE decodes in fp32, about 1% of the time, so that bf16 does not round the pixels
+    before their quantisation."""
     device = accelerator.device
     y = torch.as_tensor(labels[indices.start : indices.stop], device=device)
     generators = noise_generators(plan.seed, indices, device)
-    with torch.inference_mode(), accelerator.autocast():
+    with torch.inference_mode():
         tokens = loaded.ar.sample(y, plan.sampling, generators)
         images = loaded.vae.decode(loaded.ar.to_latents(tokens))
     if not torch.isfinite(images).all():
@@ -397,8 +400,8 @@ def _sample_images(loaded: Loaded, plan: Plan, out: Path, accelerator, progress:
     reused = sum(_chunk_path(out, k).is_file() for k in range(num_chunks))
     bar = tqdm(total=plan.n, initial=finished(), unit="img", desc="sample",
                disable=not (progress and main))  # fmt: skip
-    loaded.ar.to(accelerator.device).eval()
-    loaded.vae.to(accelerator.device).eval()
+    ar = held_in(loaded.ar.to(accelerator.device).eval(), plan.precision)
+    loaded = replace(loaded, ar=ar, vae=loaded.vae.to(accelerator.device).eval())
     made = 0
     for k in range(accelerator.process_index, num_chunks, accelerator.num_processes):
         path = _chunk_path(out, k)

@@ -39,6 +39,7 @@ class Plan:
     steps_last: int
     temperature: float
     compile: bool
+    precision: str
     normalise: str = "auto"
     labels: str = "balanced"
     seed: int = 0
@@ -62,11 +63,13 @@ class Plan:
     def tag(self) -> str:
         """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0
         (steps50to5 with step annealing, -temp0.7 after the sampler below temperature 1,
-        -norm-before_cfg or -norm-none after that when the normalisation is chosen)."""
+        -norm-before_cfg or -norm-none after that when the normalisation is chosen, -bf16 at
+        the end when sampled in bf16)."""
         steps = f"{self.steps}to{self.steps_last}" if self.steps_last else f"{self.steps}"
         temp = f"-temp{self.temperature:g}" if self.temperature != 1.0 else ""
         temp += f"-norm-{self.normalise}" if self.normalise != "auto" else ""
         extra = ("-compiled" if self.compile else "") + ("-raw" if self.weights == "raw" else "")
+        extra += "-bf16" if self.precision == "bf16" else ""
         return (
             f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{steps}-{self.sampler}{temp}-"
             f"{self.labels}-seed{self.seed}{extra}"

@@ -77,14 +77,21 @@ def file_stamps(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
 
-def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300, **popen) -> None:
+def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300,
+              group: bool = False, **popen) -> None:  # fmt: skip
     """Start ``cmd`` and SIGKILL it as soon as ``ready()`` holds (say, its first checkpoint
-    exists), as a crash or a pre-empted job would; output is discarded."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    exists), as a crash or a pre-empted job would; output is discarded. ``group``: the
+    command runs in a process group of its own, and all of it is killed (torchrun and its
+    workers, as a scheduler ends a job)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=group, **popen)  # fmt: skip
     deadline = time.time() + timeout
     while not ready() and time.time() < deadline:
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
 

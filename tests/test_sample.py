@@ -16,7 +16,7 @@ import torch
 from spherear.checkpoints import save_pretrained
 from spherear.config import load_recipe, save_recipe
 from spherear.models import build_ar, build_vae
-from spherear.sample import SampleError, check_settings, to_uint8
+from spherear.sample import SETTINGS, SampleError, check_settings, to_uint8
 
 from .conftest import kill_when
 
@@ -140,6 +140,16 @@ def test_other_settings_into_the_same_folder_are_refused(workspace, single):
     assert len(lines) == 1 and "other settings" in lines[0], done.stderr
     assert re.search(r"cfg 6\.0 there, 2\.0 now; seed 0 there, 1 now", lines[0]), lines[0]
     assert (single / "samples.npz").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_bf16_is_recorded_in_the_settings_and_the_folder_tag(workspace, single):
+    done = _sample(workspace, "--precision", "bf16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = workspace / "runs" / "new" / "samples" / f"{TAG}-bf16"
+    assert json.loads((out / SETTINGS).read_text())["precision"] == "bf16"
+    assert json.loads((single / SETTINGS).read_text())["precision"] == "fp32"
+    assert _arr(out).shape == _arr(single).shape
 
 
 def test_quantisation_is_the_authors_truncating_clamp():

@@ -63,6 +63,7 @@ from spherear.folder_kinds import CACHE, check_output_folder
 from spherear.folder_lock import hold
 from spherear.hub_files import resolve
 from spherear.models.vae import POSTERIORS, SphericalVAE
+from spherear.precision import autocast, of_recipe
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
@@ -116,6 +117,7 @@ def _settings(recipe: Recipe, vae_path: Path, data_dir: Path, num_images: int, d
         "data_fingerprint": data_fingerprint(data_dir),
         "num_images": num_images,
         "numerics": numerics.describe(device),
+        "precision": of_recipe(recipe.train.mixed_precision),
     }
 
 
@@ -134,8 +136,7 @@ def _encode_shard(vae, images: PreparedImages, index, recipe, out, device) -> No
     with torch.no_grad():
         for b in range(0, len(views), cfg.batch_size):
             batch = torch.stack([to_tensor(v) for v in views[b : b + cfg.batch_size]])
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-            with autocast:
+            with autocast(device, of_recipe(recipe.train.mixed_precision)):
                 posterior = vae.encode(batch.to(device))
             for name, value in posterior.cached().items():
                 parts[name].append(value.to(kinds[name]).cpu())
@@ -234,6 +235,8 @@ def _cache_latents(
     if saved is not None:
         numerics.adopt(saved.get("numerics", {}), accelerator.device, str(out), say)
     settings = _settings(recipe, Path(vae_path), data_dir, len(images), accelerator.device)
+    if saved is not None:  # caches from before the setting: bf16 on CUDA, else fp32
+        saved = {"precision": "bf16" if accelerator.device.type == "cuda" else "fp32", **saved}
     differ = differences(saved, settings) if saved is not None else ""
     if differ:
         complete = "a complete" if (out / MANIFEST).is_file() else "an unfinished"

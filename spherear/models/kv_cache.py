@@ -10,7 +10,7 @@ class KVCache:
 
     All layers advance together: one forward pass appends the same positions to each layer
     and then calls ``advance``. Storage is allocated on first use, in the dtype the
-    projections produce (bf16 under autocast, fp32 otherwise).
+    projections produce (bf16 under autocast or with bf16 weights, fp32 otherwise).
     """
 
     def __init__(self, max_len: int):

@@ -35,6 +35,9 @@ from spherear.models.token_space import to_sphere
 Generators = torch.Generator | Sequence[torch.Generator] | None
 # torch.compile's mode for the head step by device type; "reduce-overhead" captures CUDA graphs
 COMPILE_MODES: dict[str, str | None] = {"cuda": "reduce-overhead", "cpu": None}
+# inductor's options where no mode is set: on a CPU, freezing packs the head's weights for
+# oneDNN once (they are constants while sampling) instead of at every call
+COMPILE_OPTIONS: dict[str, dict] = {"cpu": {"freezing": True}}
 # above this size a token's table of modulations is not kept: each step computes its own
 TABLE_BYTES = 1 << 30
 
@@ -96,7 +99,8 @@ class TokenSampler:
         self.step = self.eager = GuidedHead(head, self.guided and not self.paired)
         if settings.compile:
             mode = COMPILE_MODES.get(device.type)
-            self.step = torch.compile(self.eager, dynamic=False, mode=mode)
+            options = None if mode else COMPILE_OPTIONS.get(device.type)
+            self.step = torch.compile(self.eager, dynamic=False, mode=mode, options=options)
         # per step count: each solver time's row, and the embeddings of all of them
         self.solver_times: dict[int, tuple[dict[float, int], torch.Tensor]] = {}
         self.modulation_columns = sum(

@@ -9,13 +9,13 @@ weights as ``ar_raw.safetensors``) and a grid of EMA samples as the report. The 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 
 from spherear.checkpoints import load_vae, save_pretrained
 from spherear.config import Recipe, RecipeError
+from spherear.files import note
 from spherear.folder_lock import hold
 from spherear.grids import save_grid
 from spherear.models import build_ar
@@ -23,9 +23,11 @@ from spherear.train.ar_inputs import MicroBatches, encode, open_inputs, vae_path
 from spherear.train.loop import Loop
 from spherear.train.optim import EMA, adamw
 from spherear.train.session import check_run_dir
+from spherear.train.sharding import shard, whole_state
 from spherear.train.state import Part
 
 GRID_CLASSES, GRID_PER_CLASS = 8, 4
+NO_DECAY = ("cls_embedding", "proj_in")
 
 
 def train_ar(recipe: Recipe, progress: bool = True, allow_changes: bool = False) -> Path:
@@ -48,11 +50,19 @@ def _train_ar(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
     cfg, accelerator = recipe.train, loop.accelerator
     vae.to(accelerator.device)
 
-    ar = build_ar(recipe)
+    ar = build_ar(recipe).to(accelerator.device)
     ar.grad_checkpointing = cfg.grad_checkpointing
-    optimizer = adamw(ar, cfg, ("cls_embedding", "proj_in"), loop.fused)
-    ema = EMA(ar, cfg.ema_decay)
-    prepared, optimizer = accelerator.prepare(ar, optimizer)
+    ema = EMA(ar, cfg.ema_decay)  # on the device, before sharding: whole
+    if cfg.fsdp:  # sharded by spherear, not wrapped by Accelerate (spherear.train.sharding)
+        prepared = shard(ar, [*ar.layers, ar.head], accelerator.device,
+                         accelerator.num_processes)  # fmt: skip
+        optimizer = accelerator.prepare(adamw(prepared, cfg, NO_DECAY, loop.fused))
+        if loop.main:
+            note(f"train.fsdp: the model is sharded over {accelerator.num_processes} "
+                 "process(es) with torch's fully_shard")  # fmt: skip
+    else:
+        optimizer = adamw(ar, cfg, NO_DECAY, loop.fused)
+        prepared, optimizer = accelerator.prepare(ar, optimizer)
     model = torch.compile(prepared) if cfg.compile else prepared
     first = loop.resume({"model": Part(prepared, optimizer)}, ema)
 
@@ -64,23 +74,28 @@ def _train_ar(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
 
     def grid(step: int) -> None:
         path = loop.run_dir / "samples" / f"step-{step:08d}.png"
-        sample_grid(recipe, accelerator, prepared, ema, vae, path)
+        sample_grid(recipe, accelerator, ema, vae, path)
 
     batches = MicroBatches(recipe, source, loop.plan, accelerator.process_index, first, loop.total)
     loop.run(batches, forward, grid)
+    raw = whole_state(accelerator.unwrap_model(prepared))  # every process gathers its shards
 
     def save(out: Path) -> None:
-        raw = accelerator.unwrap_model(prepared)
-        save_pretrained(out, recipe, vae.cpu(), ema.full_state(raw), raw.state_dict())
+        save_pretrained(out, recipe, vae.cpu(), ema.full_state(raw), raw)
 
     return loop.export(save, ("loss", "lr", "grad_norm"))
 
 
-def sample_grid(recipe: Recipe, accelerator, model, ema: EMA, vae, path: Path) -> None:
+def sample_grid(recipe: Recipe, accelerator, ema: EMA, vae, path: Path) -> None:
     """Class-conditional samples of the EMA weights, ``GRID_PER_CLASS`` for each of the
-    first ``GRID_CLASSES`` classes, one class a row."""
-    ema_model = copy.deepcopy(accelerator.unwrap_model(model)).eval()
-    ema_model.load_state_dict(ema.full_state(ema_model))
+    first ``GRID_CLASSES`` classes, one class a row. The model is built on the meta device
+    (no draws from the random generators, which checkpoints restore) and takes the whole
+    EMA weights, so this runs on one process whether training shards the model or not."""
+    with torch.device("meta"):
+        ema_model = build_ar(recipe)
+    ema_model.load_state_dict({k: v.clone() for k, v in ema.shadow.items()}, assign=True)
+    ema_model.reset_buffers()
+    ema_model.eval()
     classes = min(GRID_CLASSES, recipe.ar.num_classes)
     labels = torch.arange(classes, device=accelerator.device).repeat_interleave(GRID_PER_CLASS)
     names = recipe.ar.class_names or [f"class {c}" for c in range(classes)]

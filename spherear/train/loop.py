@@ -28,6 +28,7 @@ import torch
 
 from spherear.config import Recipe, TrainConfig
 from spherear.files import note
+from spherear.precision import of_recipe
 from spherear.train import TrainingError
 from spherear.train.batches import BatchPlan, StepBatches, steps_per_epoch, total_steps
 from spherear.train.curves import plot_curves
@@ -40,6 +41,7 @@ from spherear.train.session import (
     trackers,
     training_accelerator,
 )
+from spherear.train.sharding import whole
 from spherear.train.state import Part, TrainingState
 from spherear.train.stop import StopRequests, ignore_stop_signals, stopped
 
@@ -61,14 +63,14 @@ class Loop:
         self.plan = BatchPlan.make(self.cfg, self.accelerator.num_processes)
         self.total = total_steps(self.cfg, steps_per_epoch(num_examples, self.plan.global_batch))
         self.main = self.accelerator.is_main_process
-        self.fused = fused_optimizers(self.accelerator)
+        self.fused = fused_optimizers(self.accelerator, self.cfg)
         self.state = TrainingState(self.run_dir, self.cfg.keep_checkpoints, self.accelerator)
         self.log = MetricsLog(self.run_dir, self.main)
         self.parts: dict[str, Part] = {}
         self.ema: EMA | None = None
         self.step = 0
         if self.main:
-            record_run(recipe, self.run_dir, changes)
+            record_run(recipe, self.run_dir, changes, of_recipe(self.accelerator.mixed_precision))
         torch.manual_seed(recipe.run.seed)
 
     def resume(self, parts: dict[str, Part], ema: EMA | None = None) -> int:
@@ -221,5 +223,6 @@ def oom_message(error: Exception, plan: BatchPlan, cfg: TrainConfig) -> Training
 
 
 def weights_checksum(model: torch.nn.Module) -> float:
-    """A float64 sum over all parameters: equal on every process of a healthy DDP run."""
-    return float(sum(p.detach().double().sum() for p in model.parameters()))
+    """A float64 sum over all parameters (whole, if sharded): equal on every process of a
+    healthy run."""
+    return float(sum(whole(p.detach()).double().sum() for p in model.parameters()))

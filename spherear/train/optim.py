@@ -8,10 +8,13 @@ import math
 import torch
 
 from spherear.config import TrainConfig
+from spherear.train.sharding import whole
 
 
 class EMA:
-    """fp32 exponential moving average of a model's parameters."""
+    """fp32 exponential moving average of a model's parameters, whole on every process even
+    when the model is sharded: a sharded run's checkpoints and report grids then need no
+    gathering of it (at the cost of one fp32 copy of the weights per process)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -23,7 +26,7 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         for k, p in model.named_parameters():
             if k in self.shadow:
-                self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
+                self.shadow[k].lerp_(whole(p.detach()).float(), 1 - self.decay)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": self.shadow}
@@ -33,9 +36,10 @@ class EMA:
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
 
-    def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The model's state dict with the averaged parameters in place of the raw ones."""
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def full_state(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's state dict ``raw`` with the averaged parameters in place of the raw
+        ones."""
+        state = {k: v.detach().clone() for k, v in raw.items()}
         for k, v in self.shadow.items():
             state[k] = v.to(state[k].dtype)
         return state

@@ -23,7 +23,8 @@ RUN_RECORD = "run.json"
 
 
 def training_accelerator(cfg: TrainConfig, run_dir: Path):
-    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast on CUDA, gloo on CPU;
+    """DDP by default (or FSDP with ``train.fsdp``), bf16 autocast with
+    ``train.mixed_precision = "bf16"`` (CUDA or CPU), gloo on CPU;
     TensorBoard (or wandb) tracking through Accelerate."""
     tracker = None if cfg.log_with == "none" else cfg.log_with
     if tracker and importlib.util.find_spec(tracker) is None:
@@ -31,7 +32,7 @@ def training_accelerator(cfg: TrainConfig, run_dir: Path):
             f"train.log_with = {tracker!r} but the {tracker} package is not installed; "
             f"pip install {tracker}, or set train.log_with = 'none'"
         )
-    return make_accelerator(cfg.mixed_precision, cfg.fsdp, tracker, str(run_dir))
+    return make_accelerator(cfg.mixed_precision, tracker, str(run_dir))
 
 
 def trackers(accelerator, recipe: Recipe) -> None:
@@ -44,12 +45,13 @@ def trackers(accelerator, recipe: Recipe) -> None:
     accelerator.init_trackers(recipe.run.name, config=flat)
 
 
-def fused_optimizers(accelerator) -> bool:
-    """Fused AdamW, except where FSDP or DeepSpeed shard or wrap the parameters: whether
-    set by the recipe or by ``accelerate config``, we have not tested them with it."""
+def fused_optimizers(accelerator, cfg: TrainConfig) -> bool:
+    """Fused AdamW, except over sharded parameters (``train.fsdp``, or FSDP and DeepSpeed
+    set by ``accelerate config``): we have not tested it with them."""
     from accelerate.utils import DistributedType
 
-    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return not cfg.fsdp and accelerator.distributed_type not in sharded
 
 
 # Settings that shape what a run learns; a resume with others changes the run midway (the
@@ -70,15 +72,17 @@ def check_run_dir(recipe: Recipe, inputs: list[str] = ()) -> Path:
     return Path(recipe.run.output_dir)
 
 
-def record_run(recipe: Recipe, run_dir: Path, changes: str = "") -> None:
-    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``;
-    ``changes`` (settings a resume changed with --allow-changes) are added to its history."""
+def record_run(recipe: Recipe, run_dir: Path, changes: str = "", precision: str = "fp32") -> None:
+    """Write the run's recipe (architecture spelled out) and RUN_RECORD into ``run_dir``:
+    the RoPE rule, the ``precision`` the run computes in ("fp32" or "bf16"), and the
+    ``changes`` (settings a resume changed with --allow-changes) added to its history."""
     save_recipe(spell_out(recipe), run_dir)
     record = _run_record(run_dir)
     history = record.get("allowed_changes", []) if isinstance(record, dict) else []
     if changes:
         history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes})
-    record = {"rope": ROPE_CONVENTION, **({"allowed_changes": history} if history else {})}
+    record = {"rope": ROPE_CONVENTION, "precision": precision,
+              **({"allowed_changes": history} if history else {})}  # fmt: skip
     write_json(run_dir / RUN_RECORD, record, "run-record")
 
 

@@ -70,7 +70,7 @@ class Part:
     """A model and the optimizer that trains it (none for a frozen one) from step ``start``
     on (the discriminator of train-vae starts late)."""
 
-    model: torch.nn.Module  # as Accelerate prepared it (DDP or FSDP wrapped, not compiled)
+    model: torch.nn.Module  # DDP-wrapped by Accelerate or sharded (train.sharding); not compiled
     optimizer: torch.optim.Optimizer | None = None
     start: int = 0
 

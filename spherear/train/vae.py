@@ -74,6 +74,9 @@ def _train_vae(recipe: Recipe, progress: bool, allow_changes: bool) -> Path:
                           f"{loss_cfg.initial_kappa}")  # fmt: skip
     if loss_cfg.initial_code == "pca":
         check_patch_code(recipe.vae)
+    if cfg.fsdp:
+        raise RecipeError("train.fsdp shards train-ar's model only; the S-VAE trains with DDP: "
+                          "set train.fsdp = false for train-vae")  # fmt: skip
     images = PreparedImages(recipe.data.prepared)
     # weight 0 (the tiny recipe) needs no VGG weights at all; bad ones stop before any work
     vgg = vgg_features(loss_cfg) if loss_cfg.perceptual_weight else None

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,9 +11,14 @@ from spherear.config import load_recipe, save_recipe
 from spherear.data.latent_cache import cache_latents
 from spherear.data.prepare import prepare_dataset
 from spherear.models import build_vae
+from spherear.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SPHEREAR = (sys.executable, "-m", "spherear")
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2", "--module", "spherear")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +45,28 @@ def ar_workspace(tmp_path_factory):
     cache_latents(recipe, vae, root / "vae", root / "data", root / "latents", progress=False)
     save_recipe(recipe, root)
     return root
+
+
+def train(root: Path, out: str, *extra: str, launcher=SPHEREAR) -> subprocess.CompletedProcess:
+    """train-ar of ``ar_workspace``'s recipe into ``root / out``, in processes of its own."""
+    cmd = [*launcher, "train-ar", "--recipe", str(root / "recipe.toml"),
+           "--set", f"run.output_dir={root / out}", *extra]  # fmt: skip
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    """The largest elementwise distance between two state dicts of the same keys."""
+    assert set(a) == set(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(run) if "loss" in m}
+
+
+@pytest.fixture(scope="session")
+def straight(ar_workspace):
+    """The reference: ``ar_workspace``'s recipe trained in one process, fp32, eager."""
+    done = train(ar_workspace, "straight")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ar_workspace / "straight"

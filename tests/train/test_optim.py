@@ -31,5 +31,5 @@ def test_ema_moves_towards_the_weights():
         model.weight.add_(1.0)
     ema.update(model)
     torch.testing.assert_close(ema.shadow["weight"], start + 0.1)
-    state = ema.full_state(model)
+    state = ema.full_state(model.state_dict())
     torch.testing.assert_close(state["weight"], start + 0.1)

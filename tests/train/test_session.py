@@ -29,7 +29,10 @@ def test_an_ar_run_of_spherear_0_1_does_not_continue(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     record_run(recipe, run)
-    assert json.loads((run / "run.json").read_text()) == {"rope": "2d-centre-x-first"}
+    assert json.loads((run / "run.json").read_text()) == {
+        "rope": "2d-centre-x-first",
+        "precision": "fp32",
+    }
     (run / "checkpoints" / "step-00000500").mkdir(parents=True)
     check_resume(recipe, run)  # made by this version: goes on
     (run / "run.json").unlink()  # as spherear 0.1 left its runs
