@@ -15,6 +15,7 @@ comparisons trains once), the samples and the report under ``<output_dir>/<name>
     <dataset>-vae-<key>-s<seed>/   train-vae runs; <key> hashes every VAE override
     <dataset>-ar-<key>-s<seed>/    train-ar runs, with their latent cache in latents/
     <name>/samples/<arm>-<dataset>-s<seed>/  sample sets (token_stats.json), eval-probe.json
+    timings.json                   each training call's steps and wall-clock seconds
     <name>/report/README.md, *.png the table and the charts
 
 A ``vae_only`` comparison (the backbones) stops after train-vae: held-out PSNR, training
@@ -39,6 +40,7 @@ from spherear.config import RecipeError, load_recipe
 from spherear.errors import SpherearError
 from spherear.files import atomic_write, read_text, write_json
 
+TIMINGS = "timings.json"  # under output_dir: each training call's steps and seconds
 SAMPLE_OPTIONS = {"cfg", "cfg_schedule", "steps", "sampler", "steps_last", "temperature",
                   "normalise"}  # fmt: skip
 
@@ -218,8 +220,9 @@ class Runner:
         self.c, self.say = comparison, say
         self.log = comparison.out / "commands.log"
 
-    def spherear(self, *args: str) -> None:
-        """One spherear command in its own process, its output appended to commands.log."""
+    def spherear(self, *args: str) -> float:
+        """One spherear command in its own process, its output appended to commands.log;
+        returns its wall-clock seconds."""
         command = [sys.executable, "-m", "spherear", *args]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -234,6 +237,20 @@ class Runner:
                 f"`spherear {' '.join(args)}` failed (exit {done.returncode}); its output is "
                 f"in {self.log}; fix it and rerun to go on"
             )
+        return seconds
+
+    def train(self, command: str, recipe: str, sets: list[str], run: Path) -> None:
+        """train-vae or train-ar, timed: the steps it trained in this call and its seconds
+        go into <output_dir>/timings.json (the run's own files stay byte-exact on a rerun,
+        so no clock reading goes there)."""
+        before = _last_step(run)
+        seconds = self.spherear(command, "--recipe", recipe, *sets)
+        steps = _last_step(run) - before
+        if steps > 0:
+            path = Path(self.c.output_dir) / TIMINGS
+            timings = _json(path) or {}
+            timings.setdefault(run.name, []).append({"steps": steps, "seconds": seconds})
+            write_json(path, timings, "compare/timings")
 
     def run(self) -> Path:
         c = self.c
@@ -250,14 +267,14 @@ class Runner:
     def arm(self, arm: Arm, dataset: Dataset, seed: int) -> None:
         c = self.c
         self.say(f"{c.name}: {arm.name}, {dataset.name}, seed {seed}")
-        self.spherear("train-vae", "--recipe", c.vae_recipe,
-                      *_sets(vae_overrides(c, arm, dataset, seed)))  # fmt: skip
+        self.train("train-vae", c.vae_recipe, _sets(vae_overrides(c, arm, dataset, seed)),
+                   vae_dir(c, arm, dataset, seed))  # fmt: skip
         if c.vae_only:
             return
         sets = _sets(ar_overrides(c, arm, dataset, seed))
-        self.spherear("cache-latents", "--recipe", c.ar_recipe, *sets)
-        self.spherear("train-ar", "--recipe", c.ar_recipe, *sets)
         run = ar_dir(c, arm, dataset, seed)
+        self.spherear("cache-latents", "--recipe", c.ar_recipe, *sets)
+        self.train("train-ar", c.ar_recipe, sets, run)
         wanted = [(None, c.samples)]
         if seed == c.seeds[0]:
             wanted += [(cfg, c.token_samples) for cfg in c.token_cfg_scales]
@@ -282,6 +299,18 @@ def _json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _last_step(run: Path) -> int:
+    return int(_metric(run, "step", how=max) or 0)
+
+
+def _steps_per_s(c: Comparison, run: Path) -> float | None:
+    """Training speed of ``run``: every step trained by this runner over its seconds, each
+    call's start-up included (a run trained elsewhere has none)."""
+    calls = (_json(Path(c.output_dir) / TIMINGS) or {}).get(run.name, [])
+    seconds = sum(call["seconds"] for call in calls)
+    return sum(call["steps"] for call in calls) / seconds if seconds else None
 
 
 def _metric(run: Path, key: str, how=statistics.median) -> float | None:
@@ -328,7 +357,7 @@ def collect(c: Comparison) -> list[dict]:
                 vae_run, ar_run = vae_dir(c, arm, dataset, seed), ar_dir(c, arm, dataset, seed)
                 figures = {
                     "psnr": _metric(vae_run, "held_out_psnr", how=lambda v: v[-1]),
-                    "vae_steps_per_s": _metric(vae_run, "steps_per_s"),
+                    "vae_steps_per_s": _steps_per_s(c, vae_run),
                 }
                 if not c.vae_only:
                     out = samples_dir(c, arm, dataset, seed)
@@ -339,7 +368,7 @@ def collect(c: Comparison) -> list[dict]:
                         "cc": probe.get("probe_class_consistency"),
                         "fd": probe.get("FD_probe"),
                         "fid": fid,
-                        "ar_steps_per_s": _metric(ar_run, "steps_per_s"),
+                        "ar_steps_per_s": _steps_per_s(c, ar_run),
                         "norm_mean": stats.get("samples", {}).get("norm", {}).get("mean"),
                         "norm_std": stats.get("samples", {}).get("norm", {}).get("std"),
                         "data_norm_mean": stats.get("data", {}).get("norm", {}).get("mean"),

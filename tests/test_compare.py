@@ -83,12 +83,16 @@ def test_arms_that_differ_only_at_sampling_share_their_runs(tmp_path):
 def _fake_results(c, arm, seed, cc, psnr, norm):
     data = c.datasets[0]
     vae, ar = vae_dir(c, arm, data, seed), ar_dir(c, arm, data, seed)
-    for run, lines in [(vae, [{"step": 10, "held_out_psnr": psnr - 1}, {"step": 20,
-                                "held_out_psnr": psnr, "steps_per_s": 5.0}]),
-                       (ar, [{"step": 10, "loss": 1, "steps_per_s": 2.0},
-                             {"step": 20, "loss": 1, "steps_per_s": 4.0}])]:  # fmt: skip
+    for run, lines in [(vae, [{"step": 10, "held_out_psnr": psnr - 1},
+                              {"step": 20, "held_out_psnr": psnr}]),
+                       (ar, [{"step": 10, "loss": 1}, {"step": 20, "loss": 1}])]:  # fmt: skip
         run.mkdir(parents=True, exist_ok=True)
         (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # the AR run trained in two calls: 20 steps in 10 s, then 10 in 2.5 s
+    timings_path = Path(c.output_dir) / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings[ar.name] = [{"steps": 20, "seconds": 10.0}, {"steps": 10, "seconds": 2.5}]
+    timings_path.write_text(json.dumps(timings))
 
     def summary(mean):
         return {"norm": {"mean": mean, "std": 0.5}, "dim_variance": [1.0, 2.0],
@@ -119,8 +123,8 @@ def test_the_report_gives_each_figure_as_its_mean_and_seed_range(tmp_path):
     assert "0.850 (0.800–0.900)" in rows["sphere"]
     assert "25.50 (25.00–26.00)" in rows["sphere"]
     assert "0.600 (0.600–0.600)" in rows["gaussian raw"]
-    # AR steps per second: the median of the logged 2 and 4
-    assert rows["sphere"].rstrip(" |").endswith("3.0 (3.0–3.0)")
+    # AR steps per second: 30 steps in 12.5 s
+    assert rows["sphere"].rstrip(" |").endswith("2.4 (2.4–2.4)")
     # head evaluations per token: the tiny recipe's Heun 8 is 16 per row, twice with CFG
     assert " 32 " in rows["sphere"]
     for name in ("quality.png", "token_norms_vs_cfg.png"):

@@ -26,8 +26,8 @@ CRASHES = {
                  "checkpoint/state#1", "checkpoint/publish#1", "metrics#3", "checkpoint/prune#1",
                  "grid#2", "export/weights#2", "recipe#2", "export/config", "export/publish",
                  "curves"],
-    "sample": ["sample/settings", "sample/chunk#1", "sample/chunk#2", "grid", "sample/labels",
-               "sample/npz", "sample/cleanup"],
+    "sample": ["sample/settings", "sample/chunk#1", "sample/chunk#2", "sample/token-stats",
+               "token-stats/plot", "grid", "sample/labels", "sample/npz", "sample/cleanup"],
     "eval-fid": ["features/cache", "eval-fid/report"],
 }  # fmt: skip
 TABLE = [(stage, point) for stage, points in CRASHES.items() for point in points]

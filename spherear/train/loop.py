@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,7 +100,6 @@ class Loop:
                                              worker_init_fn=ignore_stop_signals)  # fmt: skip
         bar = tqdm(total=self.total, initial=self.step, unit="step", desc=self.name,
                    disable=not (self.progress and self.main))  # fmt: skip
-        self._clock = (time.perf_counter(), self.step)  # for steps_per_s in the log
         sums: dict[str, torch.Tensor] = {}
         with StopRequests() as stop:
             for k, batch in enumerate(loader):
@@ -150,12 +148,7 @@ class Loop:
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
         if self.step % cfg.log_every == 0 or self.step == self.total:
-            now, since = time.perf_counter(), self._clock
-            self._clock = (now, self.step)
-            # the training speed of this log interval, checkpoint and report pauses included
-            rate = (self.step - since[1]) / max(now - since[0], 1e-9)
-            record = {"step": self.step, **record, "lr": lr, "grad_norm": float(norms[0]),
-                      "steps_per_s": rate}  # fmt: skip
+            record = {"step": self.step, **record, "lr": lr, "grad_norm": float(norms[0])}
             self.log.write(record)
             acc.log(record, step=self.step)
         last = self.step == self.total
