@@ -69,7 +69,8 @@ class Arm:
 @dataclass
 class Dataset:
     name: str
-    set: list[str] = field(default_factory=list)  # data.* overrides (source, num_images)
+    # data.* overrides (source, num_images), and ar.* ones for the AR recipe (num_classes)
+    set: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -162,16 +163,20 @@ def _vae_part(arm: Arm, recipe: str) -> list[str]:
     return [o for o in arm.vae if recipe == "vae" or not o.startswith("vae_loss.")]
 
 
-def _data_sets(c: Comparison, dataset: Dataset) -> list[str]:
-    return [*dataset.set, f"data.prepared={Path(c.output_dir) / f'data-{dataset.name}'}"]
+def _data_sets(c: Comparison, dataset: Dataset, recipe: str) -> list[str]:
+    """The dataset's overrides that a recipe of this kind takes (``ar.*``, e.g. its class
+    count, for the AR recipe only)."""
+    sets = [o for o in dataset.set if recipe == "ar" or not o.startswith("ar.")]
+    return [*sets, f"data.prepared={Path(c.output_dir) / f'data-{dataset.name}'}"]
 
 
 def _vae_changes(c: Comparison, arm: Arm, dataset: Dataset) -> list[str]:
-    return [*c.set, *_data_sets(c, dataset), *c.vae_set, *_vae_part(arm, "vae"), *c.overrides]
+    return [*c.set, *_data_sets(c, dataset, "vae"), *c.vae_set, *_vae_part(arm, "vae"),
+            *c.overrides]  # fmt: skip
 
 
 def _ar_changes(c: Comparison, arm: Arm, dataset: Dataset) -> list[str]:
-    return [*c.set, *_data_sets(c, dataset), *c.ar_set, *_vae_part(arm, "ar"), *arm.ar,
+    return [*c.set, *_data_sets(c, dataset, "ar"), *c.ar_set, *_vae_part(arm, "ar"), *arm.ar,
             *c.overrides]  # fmt: skip
 
 
@@ -257,7 +262,7 @@ class Runner:
         for dataset in c.datasets:
             self.say(f"{c.name}: dataset {dataset.name}")
             self.spherear("prepare-data", "--recipe", c.vae_recipe,
-                          *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset),
+                          *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset, "vae"),
                                   *c.overrides]))  # fmt: skip
             for seed in c.seeds:
                 for arm in c.arms:

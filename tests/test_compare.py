@@ -9,9 +9,11 @@ import pytest
 from spherear.compare import (
     CompareError,
     ar_dir,
+    ar_overrides,
     load_comparison,
     samples_dir,
     vae_dir,
+    vae_overrides,
     write_report,
 )
 
@@ -130,3 +132,14 @@ def test_the_report_gives_each_figure_as_its_mean_and_seed_range(tmp_path):
     for name in ("quality.png", "token_norms_vs_cfg.png"):
         assert (report / name).stat().st_size > 1000 and f"]({name})" in text
     assert "4.000 ± 0.500" in text  # the token norms against CFG, first seed
+
+
+def test_a_datasets_ar_settings_reach_the_ar_recipe_only(tmp_path):
+    marks = 'set = ["data.source=synthetic:marks", "ar.num_classes=8"]'
+    text = ARMS + f'\n[[dataset]]\nname = "marks"\n{marks}\n'
+    c = load_comparison(write(tmp_path, text))
+
+    data = c.datasets[0]
+    assert "ar.num_classes=8" in ar_overrides(c, c.arms[0], data, 0)
+    assert "ar.num_classes=8" not in vae_overrides(c, c.arms[0], data, 0)
+    assert "data.source=synthetic:marks" in vae_overrides(c, c.arms[0], data, 0)
