@@ -143,3 +143,22 @@ def test_a_datasets_ar_settings_reach_the_ar_recipe_only(tmp_path):
     assert "ar.num_classes=8" in ar_overrides(c, c.arms[0], data, 0)
     assert "ar.num_classes=8" not in vae_overrides(c, c.arms[0], data, 0)
     assert "data.source=synthetic:marks" in vae_overrides(c, c.arms[0], data, 0)
+
+
+def test_the_paper_sized_recipes_load_and_fid_joins_the_table(tmp_path):
+    c = load_comparison(
+        ROOT / "recipes" / "ablations" / "latents.toml",
+        ["train.epochs=400"],
+        vae_recipe=str(ROOT / "recipes" / "vae.toml"),
+        ar_recipe=str(ROOT / "recipes" / "sphere_b.toml"),
+        eval_fid=True,
+        output_dir=str(tmp_path / "runs"),
+    )
+    arm, data = c.arms[0], c.datasets[0]
+    sets = ar_overrides(c, arm, data, 0)
+    assert sets.index("train.epochs=400") > sets.index("train.epochs=3")  # the command line wins
+    out = samples_dir(c, arm, data, 0)
+    out.mkdir(parents=True)
+    (out / "eval-fid.json").write_text(json.dumps({"metrics": {"FID": 2.5}}))
+    text = (write_report(c) / "README.md").read_text()
+    assert "| FID |" in text and "2.50" in text
