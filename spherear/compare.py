@@ -408,6 +408,10 @@ def table(c: Comparison, rows: list[dict]) -> str:
                  column(r, "psnr", 2), column(r, "norm_mean", 3), column(r, "norm_std", 3),
                  column(r, "data_norm_mean", 3), f"{r['head_evaluations']:.0f}",
                  column(r, "ar_steps_per_s", 1)] for r in rows]  # fmt: skip
+        if c.eval_fid:
+            head.insert(4, "FID")
+            for r, cells in zip(rows, body, strict=True):
+                cells.insert(4, column(r, "fid", 2))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
