@@ -484,7 +484,7 @@ def charts(c: Comparison, rows: list[dict], out: Path) -> list[str]:
         ax.legend(fontsize=7)
         save(fig, "quality_vs_cost.png")
 
-    if c.token_cfg_scales and not c.vae_only:
+    if any(any(r["token_cfg"].values()) for r in rows if "token_cfg" in r):
         from spherear.token_stats import plot
 
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
