@@ -71,6 +71,8 @@ class Dataset:
     name: str
     # data.* overrides (source, num_images), and ar.* ones for the AR recipe (num_classes)
     set: list[str] = field(default_factory=list)
+    # samples per arm and seed, when the comparison's do not split evenly over its classes
+    samples: int | None = None
 
 
 @dataclass
@@ -143,11 +145,23 @@ def load_comparison(path: str | Path, overrides: list[str] = (), **replace) -> C
                     load_recipe(comparison.vae_recipe, vae_overrides(comparison, arm, dataset,
                                                                      seed))  # fmt: skip
                     if not comparison.vae_only:
-                        load_recipe(comparison.ar_recipe, ar_overrides(comparison, arm, dataset,
-                                                                       seed))  # fmt: skip
+                        sets = ar_overrides(comparison, arm, dataset, seed)
+                        ar = load_recipe(comparison.ar_recipe, sets).ar
+                        _check_split(path, comparison, dataset, ar.num_classes)
                 except RecipeError as e:
                     raise CompareError(f"{path}: arm '{arm.name}': {e}") from None
     return comparison
+
+
+def _check_split(path: Path, c: Comparison, dataset: Dataset, classes: int | None) -> None:
+    """Balanced sampling needs a number of samples that the classes divide."""
+    n = dataset.samples or c.samples
+    if classes and n % classes:
+        fixed = n - n % classes
+        raise CompareError(
+            f"{path}: dataset '{dataset.name}': {n} samples do not split evenly over its "
+            f"{classes} classes; set samples = {fixed} (in its [[dataset]] table)"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,7 +294,7 @@ class Runner:
         run = ar_dir(c, arm, dataset, seed)
         self.spherear("cache-latents", "--recipe", c.ar_recipe, *sets)
         self.train("train-ar", c.ar_recipe, sets, run)
-        wanted = [(None, c.samples)]
+        wanted = [(None, dataset.samples or c.samples)]
         if seed == c.seeds[0]:
             wanted += [(cfg, c.token_samples) for cfg in c.token_cfg_scales]
         for cfg, n in wanted:

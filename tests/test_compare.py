@@ -55,6 +55,7 @@ ar = ["ar.token_space=raw"]
         ('[[arm]]\nname = "a"\nar = ["ar.token_space=raw"]\n', ["arm 'a'", "gaussian"]),
         ('[[arm]]\nname = "a"\n[[arm]]\nname = "A"\n', ["same name"]),
         ("", ["no [[arm]]"]),
+        ('samples = 25\n[[arm]]\nname = "a"\n', ["25 samples", "10 classes", "samples = 20"]),
     ],
 )
 def test_a_bad_comparison_stops_in_one_line_before_any_work(tmp_path, text, words):
