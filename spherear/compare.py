@@ -157,10 +157,10 @@ def _check_split(path: Path, c: Comparison, dataset: Dataset, classes: int | Non
     """Balanced sampling needs a number of samples that the classes divide."""
     n = dataset.samples or c.samples
     if classes and n % classes:
-        fixed = n - n % classes
+        fixed = max(classes, n - n % classes)
         raise CompareError(
             f"{path}: dataset '{dataset.name}': {n} samples do not split evenly over its "
-            f"{classes} classes; set samples = {fixed} (in its [[dataset]] table)"
+            f"{classes} classes; set samples = {fixed} (--samples, or in its [[dataset]] table)"
         )
 
 

@@ -153,6 +153,7 @@ def test_the_paper_sized_recipes_load_and_fid_joins_the_table(tmp_path):
         vae_recipe=str(ROOT / "recipes" / "vae.toml"),
         ar_recipe=str(ROOT / "recipes" / "sphere_b.toml"),
         eval_fid=True,
+        samples=50000,
         output_dir=str(tmp_path / "runs"),
     )
     arm, data = c.arms[0], c.datasets[0]
