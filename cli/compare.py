@@ -29,6 +29,9 @@ def compare(
     eval_fid: bool = typer.Option(
         False, "--eval-fid", help="Also run eval-fid on every sample set (FID in the table)."
     ),
+    samples: int | None = typer.Option(
+        None, "--samples", min=1, help="Samples per arm and seed (e.g. 50000 for FID)."
+    ),
     output_dir: Path | None = typer.Option(
         None, "--output-dir", help="Where the runs go (default: the file's output_dir)."
     ),
@@ -44,7 +47,7 @@ def compare(
     from spherear.compare import Runner, load_comparison, write_report
 
     given = {"vae_recipe": vae_recipe, "ar_recipe": ar_recipe, "output_dir": output_dir,
-             "eval_fid": eval_fid or None}  # fmt: skip
+             "eval_fid": eval_fid or None, "samples": samples}  # fmt: skip
     loaded = load_comparison(comparison, overrides, **{k: str(v) if isinstance(v, Path) else v
                                                        for k, v in given.items()})  # fmt: skip
     out = write_report(loaded) if report_only else Runner(loaded, typer.echo).run()

@@ -69,7 +69,10 @@ class Arm:
 @dataclass
 class Dataset:
     name: str
-    set: list[str] = field(default_factory=list)  # data.* overrides (source, num_images)
+    # data.* overrides (source, num_images), and ar.* ones for the AR recipe (num_classes)
+    set: list[str] = field(default_factory=list)
+    # samples per arm and seed, when the comparison's do not split evenly over its classes
+    samples: int | None = None
 
 
 @dataclass
@@ -142,11 +145,23 @@ def load_comparison(path: str | Path, overrides: list[str] = (), **replace) -> C
                     load_recipe(comparison.vae_recipe, vae_overrides(comparison, arm, dataset,
                                                                      seed))  # fmt: skip
                     if not comparison.vae_only:
-                        load_recipe(comparison.ar_recipe, ar_overrides(comparison, arm, dataset,
-                                                                       seed))  # fmt: skip
+                        sets = ar_overrides(comparison, arm, dataset, seed)
+                        ar = load_recipe(comparison.ar_recipe, sets).ar
+                        _check_split(path, comparison, dataset, ar.num_classes)
                 except RecipeError as e:
                     raise CompareError(f"{path}: arm '{arm.name}': {e}") from None
     return comparison
+
+
+def _check_split(path: Path, c: Comparison, dataset: Dataset, classes: int | None) -> None:
+    """Balanced sampling needs a number of samples that the classes divide."""
+    n = dataset.samples or c.samples
+    if classes and n % classes:
+        fixed = max(classes, n - n % classes)
+        raise CompareError(
+            f"{path}: dataset '{dataset.name}': {n} samples do not split evenly over its "
+            f"{classes} classes; set samples = {fixed} (--samples, or in its [[dataset]] table)"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,16 +177,20 @@ def _vae_part(arm: Arm, recipe: str) -> list[str]:
     return [o for o in arm.vae if recipe == "vae" or not o.startswith("vae_loss.")]
 
 
-def _data_sets(c: Comparison, dataset: Dataset) -> list[str]:
-    return [*dataset.set, f"data.prepared={Path(c.output_dir) / f'data-{dataset.name}'}"]
+def _data_sets(c: Comparison, dataset: Dataset, recipe: str) -> list[str]:
+    """The dataset's overrides that a recipe of this kind takes (``ar.*``, e.g. its class
+    count, for the AR recipe only)."""
+    sets = [o for o in dataset.set if recipe == "ar" or not o.startswith("ar.")]
+    return [*sets, f"data.prepared={Path(c.output_dir) / f'data-{dataset.name}'}"]
 
 
 def _vae_changes(c: Comparison, arm: Arm, dataset: Dataset) -> list[str]:
-    return [*c.set, *_data_sets(c, dataset), *c.vae_set, *_vae_part(arm, "vae"), *c.overrides]
+    return [*c.set, *_data_sets(c, dataset, "vae"), *c.vae_set, *_vae_part(arm, "vae"),
+            *c.overrides]  # fmt: skip
 
 
 def _ar_changes(c: Comparison, arm: Arm, dataset: Dataset) -> list[str]:
-    return [*c.set, *_data_sets(c, dataset), *c.ar_set, *_vae_part(arm, "ar"), *arm.ar,
+    return [*c.set, *_data_sets(c, dataset, "ar"), *c.ar_set, *_vae_part(arm, "ar"), *arm.ar,
             *c.overrides]  # fmt: skip
 
 
@@ -257,7 +276,7 @@ class Runner:
         for dataset in c.datasets:
             self.say(f"{c.name}: dataset {dataset.name}")
             self.spherear("prepare-data", "--recipe", c.vae_recipe,
-                          *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset),
+                          *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset, "vae"),
                                   *c.overrides]))  # fmt: skip
             for seed in c.seeds:
                 for arm in c.arms:
@@ -275,7 +294,7 @@ class Runner:
         run = ar_dir(c, arm, dataset, seed)
         self.spherear("cache-latents", "--recipe", c.ar_recipe, *sets)
         self.train("train-ar", c.ar_recipe, sets, run)
-        wanted = [(None, c.samples)]
+        wanted = [(None, dataset.samples or c.samples)]
         if seed == c.seeds[0]:
             wanted += [(cfg, c.token_samples) for cfg in c.token_cfg_scales]
         for cfg, n in wanted:
@@ -403,6 +422,10 @@ def table(c: Comparison, rows: list[dict]) -> str:
                  column(r, "psnr", 2), column(r, "norm_mean", 3), column(r, "norm_std", 3),
                  column(r, "data_norm_mean", 3), f"{r['head_evaluations']:.0f}",
                  column(r, "ar_steps_per_s", 1)] for r in rows]  # fmt: skip
+        if c.eval_fid:
+            head.insert(4, "FID")
+            for r, cells in zip(rows, body, strict=True):
+                cells.insert(4, column(r, "fid", 2))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
@@ -475,7 +498,7 @@ def charts(c: Comparison, rows: list[dict], out: Path) -> list[str]:
         ax.legend(fontsize=7)
         save(fig, "quality_vs_cost.png")
 
-    if c.token_cfg_scales and not c.vae_only:
+    if any(any(r["token_cfg"].values()) for r in rows if "token_cfg" in r):
         from spherear.token_stats import plot
 
         fig, ax = plt.subplots(figsize=(5.5, 3.6))

@@ -9,9 +9,11 @@ import pytest
 from spherear.compare import (
     CompareError,
     ar_dir,
+    ar_overrides,
     load_comparison,
     samples_dir,
     vae_dir,
+    vae_overrides,
     write_report,
 )
 
@@ -53,6 +55,7 @@ ar = ["ar.token_space=raw"]
         ('[[arm]]\nname = "a"\nar = ["ar.token_space=raw"]\n', ["arm 'a'", "gaussian"]),
         ('[[arm]]\nname = "a"\n[[arm]]\nname = "A"\n', ["same name"]),
         ("", ["no [[arm]]"]),
+        ('samples = 25\n[[arm]]\nname = "a"\n', ["25 samples", "10 classes", "samples = 20"]),
     ],
 )
 def test_a_bad_comparison_stops_in_one_line_before_any_work(tmp_path, text, words):
@@ -130,3 +133,34 @@ def test_the_report_gives_each_figure_as_its_mean_and_seed_range(tmp_path):
     for name in ("quality.png", "token_norms_vs_cfg.png"):
         assert (report / name).stat().st_size > 1000 and f"]({name})" in text
     assert "4.000 ± 0.500" in text  # the token norms against CFG, first seed
+
+
+def test_a_datasets_ar_settings_reach_the_ar_recipe_only(tmp_path):
+    marks = 'set = ["data.source=synthetic:marks", "ar.num_classes=8"]'
+    text = ARMS + f'\n[[dataset]]\nname = "marks"\n{marks}\n'
+    c = load_comparison(write(tmp_path, text))
+
+    data = c.datasets[0]
+    assert "ar.num_classes=8" in ar_overrides(c, c.arms[0], data, 0)
+    assert "ar.num_classes=8" not in vae_overrides(c, c.arms[0], data, 0)
+    assert "data.source=synthetic:marks" in vae_overrides(c, c.arms[0], data, 0)
+
+
+def test_the_paper_sized_recipes_load_and_fid_joins_the_table(tmp_path):
+    c = load_comparison(
+        ROOT / "recipes" / "ablations" / "latents.toml",
+        ["train.epochs=400"],
+        vae_recipe=str(ROOT / "recipes" / "vae.toml"),
+        ar_recipe=str(ROOT / "recipes" / "sphere_b.toml"),
+        eval_fid=True,
+        samples=50000,
+        output_dir=str(tmp_path / "runs"),
+    )
+    arm, data = c.arms[0], c.datasets[0]
+    sets = ar_overrides(c, arm, data, 0)
+    assert sets.index("train.epochs=400") > sets.index("train.epochs=3")  # the command line wins
+    out = samples_dir(c, arm, data, 0)
+    out.mkdir(parents=True)
+    (out / "eval-fid.json").write_text(json.dumps({"metrics": {"FID": 2.5}}))
+    text = (write_report(c) / "README.md").read_text()
+    assert "| FID |" in text and "2.50" in text
