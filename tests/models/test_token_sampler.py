@@ -20,6 +20,18 @@ def _trained_like(ar):
     return ar.eval()
 
 
+def _eager_and_compiled(ar):
+    """Two samples of the same rows, eager then with ``compile``, and the warnings of the
+    compiled one."""
+    labels, plain = torch.tensor([1, 2]), SampleConfig(cfg=2.0, steps=3)
+    expected = ar.sample(labels, plain, torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = ar.sample(labels, SampleConfig(cfg=2.0, steps=3, compile=True),
+                        torch.Generator().manual_seed(0))  # fmt: skip
+    return expected, got, caught
+
+
 def _head_outputs(ar, draw) -> list[torch.Tensor]:
     outputs = []
     handle = ar.head.final_layer.register_forward_hook(lambda m, a, out: outputs.append(out))
@@ -93,12 +105,7 @@ def test_a_failing_compile_warns_once_and_samples_as_without_it(tiny_recipe, mon
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    labels, plain = torch.tensor([1, 2]), SampleConfig(cfg=2.0, steps=3)
-    expected = ar.sample(labels, plain, torch.Generator().manual_seed(0))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = ar.sample(labels, SampleConfig(cfg=2.0, steps=3, compile=True),
-                        torch.Generator().manual_seed(0))  # fmt: skip
+    expected, got, caught = _eager_and_compiled(ar)
     # tried once, then eager
     assert compiled_calls == [{"dynamic": False, "mode": None, "options": {"freezing": True}}]
     assert [str(w.message) for w in caught] == [
@@ -111,12 +118,7 @@ def test_a_failing_compile_warns_once_and_samples_as_without_it(tiny_recipe, mon
 def test_compiled_head_step_samples_as_eager(tiny_recipe):
     """Inductor on the CPU (gcc): the guided head step compiled for real, no fallback."""
     ar = _trained_like(build_ar(tiny_recipe))
-    labels, plain = torch.tensor([1, 2]), SampleConfig(cfg=2.0, steps=3)
-    expected = ar.sample(labels, plain, torch.Generator().manual_seed(0))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = ar.sample(labels, SampleConfig(cfg=2.0, steps=3, compile=True),
-                        torch.Generator().manual_seed(0))  # fmt: skip
+    expected, got, caught = _eager_and_compiled(ar)
     assert not [w for w in caught if "torch.compile of the head step failed" in str(w.message)]
     # fused kernels sum in another order: fp32 rounding only; fp32's spacing at the tokens'
     # radius (4) is 4.8e-7, and 1e-5 leaves room for 20 such steps through the sampler
