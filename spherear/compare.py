@@ -38,7 +38,9 @@ from pathlib import Path
 
 from spherear.config import RecipeError, load_recipe
 from spherear.errors import SpherearError
+from spherear.figures import pyplot, save_png
 from spherear.files import atomic_write, read_text, write_json
+from spherear.train.metrics import read_metrics
 
 TIMINGS = "timings.json"  # under output_dir: each training call's steps and seconds
 SAMPLE_OPTIONS = {"cfg", "cfg_schedule", "steps", "sampler", "steps_last", "temperature",
@@ -333,14 +335,8 @@ def _steps_per_s(c: Comparison, run: Path) -> float | None:
 
 
 def _metric(run: Path, key: str, how=statistics.median) -> float | None:
-    values = []
-    try:
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if key in record:
-                values.append(record[key])
-    except (OSError, ValueError):
-        return None
+    """``how`` of every value of ``key`` that ``run`` logged (None if none)."""
+    values = [record[key] for record in read_metrics(run) if key in record]
     return how(values) if values else None
 
 
@@ -449,17 +445,12 @@ def token_table(c: Comparison, rows: list[dict]) -> str:
 
 def charts(c: Comparison, rows: list[dict], out: Path) -> list[str]:
     """PNG charts beside the table; returns their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     made = []
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
-        atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), "report")
-        plt.close(fig)
+        save_png(fig, out / name, "report")
         made.append(name)
 
     key, label = ("psnr", "held-out PSNR (dB)") if c.vae_only else ("cc", "class-consistency")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spherear.files import atomic_write
+from spherear.figures import pyplot, save_png
 
 
 def token_sums(tokens: torch.Tensor) -> dict[str, np.ndarray]:
@@ -91,11 +91,7 @@ def data_sums(cache_dir: str | Path, recipe, max_images: int = 1000, seed: int =
 def plot(figures: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """Two panels: the mean token norm (and its spread) by position, and each dimension's
     variance, one line per labelled summary of ``figures``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     for label, summary in figures.items():
         mean = np.array(summary["norm_by_position"]["mean"])
@@ -114,7 +110,4 @@ def plot(figures: dict[str, dict], path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), "token-stats/plot")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, "token-stats/plot")

@@ -1,12 +1,16 @@
 """The smaller careless cases: a recipe saved with a byte-order mark, a raw pickle given as a
-checkpoint, an empty samples file, a HOME that cannot be written."""
+checkpoint, an empty samples file, a HOME that cannot be written, matplotlib's cache in HOME."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from spherear.cli import app
@@ -52,3 +56,31 @@ def test_a_home_that_cannot_be_written_moves_the_cache(tmp_path, monkeypatch, ca
     assert not str(folder).startswith(str(blocked)) and folder.is_dir()
     assert Path(folder).name == "probes"
     assert f"{blocked}/.cache/spherear/probes cannot be written" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        "from spherear.token_stats import plot, summarise, token_sums\n"
+        "import torch\n"
+        "plot({'samples': summarise(token_sums(torch.randn(2, 4, 3)))}, OUT / 'norms.png')",
+        "from spherear.train.curves import plot_curves\n"
+        "(OUT / 'metrics.jsonl').write_text('{\"step\": 1, \"loss\": 1.0}\\n')\n"
+        "plot_curves(OUT, ('loss',))",
+    ],
+    ids=["token norms", "loss curves"],
+)
+def test_figures_keep_matplotlibs_cache_out_of_home(tmp_path, draw):
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir()
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "SPHEREAR_CACHE")}
+    code = f"from pathlib import Path\nOUT = Path({str(out)!r})\n{draw}"
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(home)},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any(p.suffix == ".png" for p in out.iterdir())
+    # matplotlib's font cache is spherear's to place: under its cache, not ~/.config or
+    # ~/.cache/matplotlib
+    assert not (home / ".config").exists() and not (home / ".cache" / "matplotlib").exists()
+    assert (home / ".cache" / "spherear" / "matplotlib").is_dir()

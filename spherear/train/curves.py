@@ -3,23 +3,16 @@ can be judged without starting TensorBoard."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from spherear.files import atomic_write, cache_dir
+from spherear.figures import pyplot, save_png
 from spherear.train.metrics import read_metrics
 
 
 def plot_curves(run_dir: str | Path, keys: tuple[str, ...], out_name: str = "curves.png") -> Path:
     """One panel per metric in ``keys`` that the run logged (and not only as 0), against
     the step."""
-    # matplotlib's font cache goes with spherear's caches, not into ~/.config or ~/.matplotlib
-    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir("matplotlib")))
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = read_metrics(run_dir)
     # a loss that is switched off (the discriminator before disc_start) logs only zeros
     logged = [k for k in keys if any(r.get(k) for r in records)]
@@ -34,7 +27,4 @@ def plot_curves(run_dir: str | Path, keys: tuple[str, ...], out_name: str = "cur
         ax.grid(alpha=0.3)
     fig.suptitle(Path(run_dir).name)
     fig.tight_layout()
-    out = Path(run_dir) / out_name
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), "curves")
-    plt.close(fig)
-    return out
+    return save_png(fig, Path(run_dir) / out_name, "curves")
