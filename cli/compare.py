@@ -35,6 +35,13 @@ def compare(
     output_dir: Path | None = typer.Option(
         None, "--output-dir", help="Where the runs go (default: the file's output_dir)."
     ),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        min=1,
+        help="Run this many dataset-seed chains at once, each command with cores/jobs "
+        "threads (2 on a 2-core CPU halves the time).",
+    ),
     report_only: bool = typer.Option(
         False,
         "--report-only",
@@ -50,5 +57,5 @@ def compare(
              "eval_fid": eval_fid or None, "samples": samples}  # fmt: skip
     loaded = load_comparison(comparison, overrides, **{k: str(v) if isinstance(v, Path) else v
                                                        for k, v in given.items()})  # fmt: skip
-    out = write_report(loaded) if report_only else Runner(loaded, typer.echo).run()
+    out = write_report(loaded) if report_only else Runner(loaded, typer.echo, jobs).run()
     typer.echo(f"report: {out / 'README.md'}")

@@ -13,10 +13,15 @@ comparisons trains once), the samples and the report under ``<output_dir>/<name>
 
     data-<dataset>/                the prepared images (prepare-data)
     <dataset>-vae-<key>-s<seed>/   train-vae runs; <key> hashes every VAE override
-    <dataset>-ar-<key>-s<seed>/    train-ar runs, with their latent cache in latents/
+    <dataset>-ar-<key>-s<seed>/    train-ar runs, each with its latent cache beside it
+                                   (<run>-latents/: a run folder holds no other kind)
     <name>/samples/<arm>-<dataset>-s<seed>/  sample sets (token_stats.json), eval-probe.json
     timings.json                   each training call's steps and wall-clock seconds
+    <name>/logs/<dataset>-s<seed>.log  every command's output, one file per chain
     <name>/report/README.md, *.png the table and the charts
+
+The chains of one dataset and seed share no run: ``--jobs 2`` runs two at once, each
+command with half the cores (a 2-core CPU: one thread each, the way the shipped reports ran).
 
 A ``vae_only`` comparison (the backbones) stops after train-vae: held-out PSNR, training
 speed and parameter counts are what the paper compares there.
@@ -27,12 +32,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +57,10 @@ SAMPLE_OPTIONS = {"cfg", "cfg_schedule", "steps", "sampler", "steps_last", "temp
 
 class CompareError(SpherearError):
     """A comparison that cannot run; the message names the file and the fix."""
+
+
+class _Stopped(Exception):
+    """A chain that stopped before its next command because another chain failed."""
 
 
 def slug(name: str) -> str:
@@ -215,7 +227,7 @@ def vae_overrides(c: Comparison, arm: Arm, dataset: Dataset, seed: int) -> list[
 def ar_overrides(c: Comparison, arm: Arm, dataset: Dataset, seed: int) -> list[str]:
     run = ar_dir(c, arm, dataset, seed)
     return [*_ar_changes(c, arm, dataset), f"run.seed={seed}", f"run.output_dir={run}",
-            f"data.latents={run / 'latents'}",
+            f"data.latents={run}-latents",
             f"train.vae_checkpoint={vae_dir(c, arm, dataset, seed) / 'export'}"]  # fmt: skip
 
 
@@ -237,65 +249,91 @@ def _options(options: dict) -> list[str]:
 
 
 class Runner:
-    def __init__(self, comparison: Comparison, say=print):
-        self.c, self.say = comparison, say
-        self.log = comparison.out / "commands.log"
+    """Runs a comparison's commands. The chains of one dataset and seed share no run, so with
+    ``jobs`` > 1 that many chains run at once, each command with cores/jobs threads."""
 
-    def spherear(self, *args: str) -> float:
-        """One spherear command in its own process, its output appended to commands.log;
+    def __init__(self, comparison: Comparison, say=print, jobs: int = 1):
+        self.c, self.say, self.jobs = comparison, say, jobs
+        self.logs = comparison.out / "logs"
+        self.timings_lock = threading.Lock()
+        self.failed = threading.Event()  # one chain failed: the others start nothing new
+        self.env = dict(os.environ)
+        if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def spherear(self, log: str, *args: str) -> float:
+        """One spherear command in its own process, its output appended to logs/<log>.log;
         returns its wall-clock seconds."""
-        command = [sys.executable, "-m", "spherear", *args]
-        self.log.parent.mkdir(parents=True, exist_ok=True)
+        if self.failed.is_set():
+            raise _Stopped
+        path = self.logs / f"{log}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        with open(self.log, "a") as log:
-            log.write("$ spherear " + " ".join(args) + "\n")
-            log.flush()
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        with open(path, "a") as out:
+            out.write("$ spherear " + " ".join(args) + "\n")
+            out.flush()
+            done = subprocess.run([sys.executable, "-m", "spherear", *args], stdout=out,
+                                  stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
         seconds = time.perf_counter() - start
-        self.say(f"  spherear {args[0]} ({seconds:.0f} s)")
+        self.say(f"  [{log}] spherear {args[0]} ({seconds:.0f} s)")
         if done.returncode:
             raise CompareError(
                 f"`spherear {' '.join(args)}` failed (exit {done.returncode}); its output is "
-                f"in {self.log}; fix it and rerun to go on"
+                f"in {path}; fix it and rerun to go on"
             )
         return seconds
 
-    def train(self, command: str, recipe: str, sets: list[str], run: Path) -> None:
+    def train(self, log: str, command: str, recipe: str, sets: list[str], run: Path) -> None:
         """train-vae or train-ar, timed: the steps it trained in this call and its seconds
         go into <output_dir>/timings.json (the run's own files stay byte-exact on a rerun,
         so no clock reading goes there)."""
         before = _last_step(run)
-        seconds = self.spherear(command, "--recipe", recipe, *sets)
+        seconds = self.spherear(log, command, "--recipe", recipe, *sets)
         steps = _last_step(run) - before
         if steps > 0:
             path = Path(self.c.output_dir) / TIMINGS
-            timings = _json(path) or {}
-            timings.setdefault(run.name, []).append({"steps": steps, "seconds": seconds})
-            write_json(path, timings, "compare/timings")
+            with self.timings_lock:
+                timings = _json(path) or {}
+                timings.setdefault(run.name, []).append(
+                    {"steps": steps, "seconds": seconds, "jobs": self.jobs}
+                )
+                write_json(path, timings, "compare/timings")
 
     def run(self) -> Path:
         c = self.c
         for dataset in c.datasets:
             self.say(f"{c.name}: dataset {dataset.name}")
-            self.spherear("prepare-data", "--recipe", c.vae_recipe,
+            self.spherear(f"prepare-{dataset.name}", "prepare-data", "--recipe", c.vae_recipe,
                           *_sets([*c.set, *c.vae_set, *_data_sets(c, dataset, "vae"),
                                   *c.overrides]))  # fmt: skip
-            for seed in c.seeds:
-                for arm in c.arms:
-                    self.arm(arm, dataset, seed)
+        chains = [(dataset, seed) for dataset in c.datasets for seed in c.seeds]
+        with ThreadPoolExecutor(self.jobs) as pool:
+            futures = [pool.submit(self.chain, dataset, seed) for dataset, seed in chains]
+        errors = [e for f in futures if (e := f.exception()) and not isinstance(e, _Stopped)]
+        if errors:
+            raise errors[0]
         return write_report(c)
+
+    def chain(self, dataset: Dataset, seed: int) -> None:
+        try:
+            for arm in self.c.arms:
+                self.arm(arm, dataset, seed)
+        except BaseException:
+            self.failed.set()
+            raise
 
     def arm(self, arm: Arm, dataset: Dataset, seed: int) -> None:
         c = self.c
+        log = f"{dataset.name}-s{seed}"
         self.say(f"{c.name}: {arm.name}, {dataset.name}, seed {seed}")
-        self.train("train-vae", c.vae_recipe, _sets(vae_overrides(c, arm, dataset, seed)),
+        self.train(log, "train-vae", c.vae_recipe, _sets(vae_overrides(c, arm, dataset, seed)),
                    vae_dir(c, arm, dataset, seed))  # fmt: skip
         if c.vae_only:
             return
         sets = _sets(ar_overrides(c, arm, dataset, seed))
         run = ar_dir(c, arm, dataset, seed)
-        self.spherear("cache-latents", "--recipe", c.ar_recipe, *sets)
-        self.train("train-ar", c.ar_recipe, sets, run)
+        self.spherear(log, "cache-latents", "--recipe", c.ar_recipe, *sets)
+        self.train(log, "train-ar", c.ar_recipe, sets, run)
         wanted = [(None, dataset.samples or c.samples)]
         if seed == c.seeds[0]:
             wanted += [(cfg, c.token_samples) for cfg in c.token_cfg_scales]
@@ -303,12 +341,13 @@ class Runner:
             out = samples_dir(c, arm, dataset, seed, cfg)
             options = {**arm.sample, **({"cfg": cfg} if cfg is not None else {})}
             if not (out / "samples.npz").is_file():
-                self.spherear("sample", "--checkpoint", str(run), "--n", str(n), "--batch-size",
-                              str(min(n, 200)), "--out", str(out), *_options(options))  # fmt: skip
+                self.spherear(log, "sample", "--checkpoint", str(run), "--n", str(n),
+                              "--batch-size", str(min(n, 200)), "--out", str(out),
+                              *_options(options))  # fmt: skip
             if cfg is None and not (out / "eval-probe.json").is_file():
-                self.spherear("eval-probe", str(out / "samples.npz"))
+                self.spherear(log, "eval-probe", str(out / "samples.npz"))
             if cfg is None and c.eval_fid and not (out / "eval-fid.json").is_file():
-                self.spherear("eval-fid", str(out / "samples.npz"))
+                self.spherear(log, "eval-fid", str(out / "samples.npz"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -332,6 +371,15 @@ def _steps_per_s(c: Comparison, run: Path) -> float | None:
     calls = (_json(Path(c.output_dir) / TIMINGS) or {}).get(run.name, [])
     seconds = sum(call["seconds"] for call in calls)
     return sum(call["steps"] for call in calls) / seconds if seconds else None
+
+
+def _jobs(c: Comparison) -> int:
+    """The most commands that ran at once while this comparison's runs trained."""
+    timings = _json(Path(c.output_dir) / TIMINGS) or {}
+    runs = {run(c, arm, dataset, seed).name for run in (vae_dir, ar_dir) for arm in c.arms
+            for dataset in c.datasets for seed in c.seeds}  # fmt: skip
+    return max((call.get("jobs", 1) for name in runs for call in timings.get(name, [])),
+               default=1)  # fmt: skip
 
 
 def _metric(run: Path, key: str, how=statistics.median) -> float | None:
@@ -531,6 +579,9 @@ def write_report(c: Comparison) -> Path:
              "(min–max) after it. " + ("" if c.vae_only else f"{c.samples} samples per arm "
                                        "and seed, scored by `spherear eval-probe`."),
              "", table(c, rows), ""]  # fmt: skip
+    if _jobs(c) > 1:
+        parts += [f"Steps per second were measured with {_jobs(c)} commands running at once "
+                  "(`spherear compare --jobs`), each call's start-up included.", ""]  # fmt: skip
     tokens = token_table(c, rows)
     if tokens:
         parts += [

@@ -8,6 +8,8 @@ import pytest
 
 from spherear.compare import (
     CompareError,
+    Runner,
+    _Stopped,
     ar_dir,
     ar_overrides,
     load_comparison,
@@ -164,3 +166,63 @@ def test_the_paper_sized_recipes_load_and_fid_joins_the_table(tmp_path):
     (out / "eval-fid.json").write_text(json.dumps({"metrics": {"FID": 2.5}}))
     text = (write_report(c) / "README.md").read_text()
     assert "| FID |" in text and "2.50" in text
+
+
+def test_a_failed_chain_stops_the_others_before_their_next_command(tmp_path):
+    c = load_comparison(write(tmp_path, ARMS))
+    issued = []
+
+    class Fake(Runner):
+        def spherear(self, log, *args):
+            if self.failed.is_set():
+                raise _Stopped
+            issued.append(log)
+            if log == "synthetic-s1":
+                raise CompareError("seed 1 failed")
+            if log == "synthetic-s0":  # still running when seed 1 fails
+                assert self.failed.wait(10)
+            return 0.0
+
+    with pytest.raises(CompareError, match="seed 1 failed"):
+        Fake(c, say=lambda _: None, jobs=2).run()
+    # seed 0 finished the command it had started and began no other
+    assert issued.count("synthetic-s0") == 1 and issued.count("synthetic-s1") == 1
+
+
+@pytest.mark.slow
+def test_two_chains_at_once_finish_a_comparison_and_a_rerun_trains_nothing(tmp_path):
+    small = ["data.num_images=200", "train.max_steps=2", "train.checkpoint_every=2",
+             "train.sample_every=0"]  # fmt: skip
+    text = (
+        f"set = {json.dumps(small)}\nsamples = 10\n"
+        + """
+sample = { sampler = "heun", steps = 2 }
+
+[[arm]]
+name = "paper"
+"""
+    )
+    path = write(tmp_path, text)
+    path.write_text(path.read_text().replace("[1.0, 4.0]", "[]"))  # each command costs seconds
+    c = load_comparison(path)
+    Runner(c, say=lambda _: None, jobs=2).run()
+
+    rows = json.loads((c.out / "report" / "rows.json").read_text())
+    assert [r["arm"] for r in rows] == ["paper"]
+    assert all(0 <= s["cc"] <= 1 for s in rows[0]["per_seed"]), rows  # scored at both seeds
+    assert {p.name for p in (c.out / "logs").iterdir()} == {
+        "prepare-synthetic.log", "synthetic-s0.log", "synthetic-s1.log"}  # fmt: skip
+    timings = json.loads((Path(c.output_dir) / "timings.json").read_text())
+    # one VAE and one AR run per seed, each trained 2 steps in one call
+    assert sorted(timings) == sorted(
+        run(c, c.arms[0], c.datasets[0], seed).name for run in (vae_dir, ar_dir) for seed in (0, 1)
+    )
+    assert all(calls == [{"steps": 2, "seconds": calls[0]["seconds"], "jobs": 2}]
+               for calls in timings.values())  # fmt: skip
+    assert "2 commands running at once" in (c.out / "report" / "README.md").read_text()
+
+    samples = samples_dir(c, c.arms[0], c.datasets[0], 1) / "samples.npz"
+    written = samples.stat().st_mtime_ns
+    Runner(c, say=lambda _: None, jobs=2).run()
+    assert json.loads((Path(c.output_dir) / "timings.json").read_text()) == timings
+    assert samples.stat().st_mtime_ns == written
