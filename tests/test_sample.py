@@ -23,7 +23,7 @@ from .conftest import kill_when
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default: the same kernels in both
 N, BATCH = 10, 2  # five chunks, one image per class
-TAG = "n10-cfg6-linear-steps2-sde-temp0.7-balanced-seed0"  # cfg 6, temperature 0.7: tiny.toml
+TAG = "n10-cfg6-linear-steps2-sde-balanced-seed0"  # cfg 6, temperature 1: tiny.toml
 SPHERE = (sys.executable, "-m", "spherear")
 
 
@@ -102,7 +102,7 @@ def test_bare_command_samples_the_newest_run_into_its_folder(single):
 def test_without_normalisation_the_tokens_leave_the_sphere(workspace):
     done = _sample(workspace, "--normalise", "none", "--checkpoint", "runs/new")
     assert done.returncode == 0, done.stderr[-3000:]
-    out = workspace / "runs" / "new" / "samples" / TAG.replace("temp0.7", "temp0.7-norm-none")
+    out = workspace / "runs" / "new" / "samples" / TAG.replace("sde", "sde-norm-none")
     norm = json.loads((out / "token_stats.json").read_text())["samples"]["norm"]
     assert norm["max"] - norm["min"] > 0.1
 
