@@ -533,6 +533,9 @@ def charts(c: Comparison, rows: list[dict], out: Path) -> list[str]:
             ax.plot([], [], "o", color=f"C{d}", label=dataset.name)
         ax.set(xscale="log", xlabel="head evaluations per token", ylabel="class-consistency",
                title="quality against sampling cost")  # fmt: skip
+        costs = sorted({r["head_evaluations"] for r in rows})
+        ax.set_xticks(costs, [f"{x:g}" for x in costs])  # the arms' costs, not powers of ten
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, "quality_vs_cost.png")
