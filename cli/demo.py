@@ -6,17 +6,12 @@ import typer
 
 from spherear.checkpoint_header import Weights
 from spherear.cli.errors import user_errors
+from spherear.cli.sample import ar_checkpoint
 
 
 @user_errors
 def demo(
-    checkpoint: str | None = typer.Option(
-        None,
-        "--checkpoint",
-        "-c",
-        help="A run folder, an export, an authors' .pt or an hf:// address "
-        "(default: the newest train-ar run under runs/).",
-    ),
+    checkpoint: str | None = ar_checkpoint(),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to serve on; another than loopback is warned of."
     ),
@@ -26,7 +21,7 @@ def demo(
     """Serve a page that samples the model by class: pick a class, the number of images, the
     seed, guidance, sampler, steps, temperature and precision; it shows the images (each
     downloadable as PNG), the time per image, and the `spherear sample` command that writes
-    the same bytes. Needs the demo extra: pip install 'spherear[demo]'."""
+    the same bytes. Needs Gradio, the package's demo extra (see the README)."""
     from spherear.demo import load_model, require_gradio, serve
 
     require_gradio()  # before minutes of loading weights

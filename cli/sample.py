@@ -11,6 +11,17 @@ from spherear.checkpoint_header import Weights
 from spherear.cli.errors import finite, user_errors
 
 
+def ar_checkpoint():
+    """The ``--checkpoint`` option of the commands that sample a model (sample, demo)."""
+    return typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="A run folder, an export, an authors' .pt or an hf:// address "
+        "(default: the newest train-ar run under runs/).",
+    )
+
+
 @user_errors
 def sample(
     n: int = typer.Option(
@@ -21,13 +32,7 @@ def sample(
         help="How many images (50000 for FID). Under torchrun or accelerate launch write "
         "--num-images: their own options make --n ambiguous to them.",
     ),
-    checkpoint: str | None = typer.Option(
-        None,
-        "--checkpoint",
-        "-c",
-        help="A run folder, an export, an authors' .pt or an hf:// address "
-        "(default: the newest train-ar run under runs/).",
-    ),
+    checkpoint: str | None = ar_checkpoint(),
     cfg: float | None = typer.Option(
         None,
         "--cfg",

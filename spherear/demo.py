@@ -191,7 +191,10 @@ def build_page(model: Model):
                   f"per image ({plan.precision}, batch {plan.batch_size})")  # fmt: skip
         return gallery, timing, command_line(model, plan)
 
-    with gr.Blocks(title="spherear demo", analytics_enabled=False) as page:
+    # the images of an hour ago leave the server's cache: a page left running does not fill /tmp
+    with gr.Blocks(
+        title="spherear demo", analytics_enabled=False, delete_cache=(600, 3600)
+    ) as page:
         gr.Markdown(f"### spherear demo\n{model.loaded.description}")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
