@@ -201,21 +201,25 @@ def build_page(model: Model):
                 picked = gr.Dropdown(choices, value=choices[0], label="class", elem_id="class",
                                      filterable=True, allow_custom_value=True)  # fmt: skip
                 n = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="images", elem_id="n")
-                seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
-                cfg = gr.Number(defaults.cfg, label="CFG scale (1 = off)", elem_id="cfg")
+                with gr.Row():
+                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed", min_width=80)
+                    cfg = gr.Number(defaults.cfg, label="CFG scale (1 = off)", elem_id="cfg",
+                                    min_width=80)  # fmt: skip
                 cfg_schedule = gr.Radio(options["cfg_schedule"], label="CFG schedule",
                                         value=defaults.cfg_schedule)  # fmt: skip
                 sampler = gr.Radio(options["sampler"], value=defaults.sampler,
                                    label="sampler", elem_id="sampler")  # fmt: skip
-                steps = gr.Number(defaults.steps, precision=0, label="steps", elem_id="steps")
-                temperature = gr.Number(defaults.temperature, label="temperature",
-                                        elem_id="temperature")  # fmt: skip
+                with gr.Row():
+                    steps = gr.Number(defaults.steps, precision=0, label="steps", elem_id="steps",
+                                      min_width=80)  # fmt: skip
+                    temperature = gr.Number(defaults.temperature, label="temperature",
+                                            elem_id="temperature", min_width=80)  # fmt: skip
                 precision = gr.Radio(precisions, value=defaults.precision, label="precision",
                                      visible=len(precisions) > 1)  # fmt: skip
                 button = gr.Button("Sample", variant="primary", elem_id="sample")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="samples", columns=8, format="png", elem_id="gallery",
-                                     buttons=["download", "fullscreen"])  # fmt: skip
+                                     height=320, buttons=["download", "fullscreen"])  # fmt: skip
                 timing = gr.Markdown(elem_id="timing")
                 command = gr.Textbox(label="the spherear sample command that writes these images",
                                      elem_id="command", interactive=False,

@@ -68,7 +68,7 @@ def _browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1280,860", "--force-device-scale-factor=1"):  # fmt: skip
+                 "--window-size=1280,900", "--force-device-scale-factor=1"):  # fmt: skip
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(DRIVER), options=options)  # no driver download
 
@@ -113,7 +113,7 @@ class Page:
             self.wait.until(lambda d: d.find_elements("xpath", xpath))
             self.field("class").send_keys(Keys.ENTER)
             self.wait.until(lambda d: self.field("class").get_attribute("value") == option)
-        self.field("class").send_keys(Keys.TAB)  # leaving the field sets the value
+        self.driver.find_element("css selector", "h3").click()  # leaving it sets the value
 
     def command(self) -> str:
         return self.driver.find_element("css selector", "#command textarea").get_attribute("value")
@@ -184,7 +184,8 @@ def test_the_page_samples_a_class_in_a_browser_as_its_command_does(pipeline, tmp
         assert np.array_equal(served, made)  # the printed command, byte for byte
         assert "ms per image" in page.driver.find_element("css selector", "#timing").text
         screenshot = os.environ.get("SPHEREAR_DEMO_SCREENSHOT")
-        if screenshot:
+        if screenshot:  # the whole page, with the class list closed
+            driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(ROOT / screenshot))
 
         refused = [("seed", "-1", "seed -1: expected a whole number 0 or"),
