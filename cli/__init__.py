@@ -12,6 +12,7 @@ import typer
 
 from spherear.cli import compare as compare_cli
 from spherear.cli import data, info, train
+from spherear.cli import demo as demo_cli
 from spherear.cli import evaluate as evaluate_cli
 from spherear.cli import hub as hub_cli
 from spherear.cli import probe as probe_cli
@@ -53,6 +54,7 @@ app.command("eval-fid")(evaluate_cli.eval_fid)
 app.command("sample")(sample_cli.sample)
 app.command("eval-probe")(probe_cli.eval_probe)
 app.command("compare")(compare_cli.compare)
+app.command("demo")(demo_cli.demo)
 
 
 def main() -> None:

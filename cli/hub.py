@@ -31,6 +31,13 @@ def push_to_hub(
     dry_run: Path | None = typer.Option(
         None, "--dry-run", help="Write the folder that would be uploaded to DIR; upload nothing."
     ),
+    space: bool = typer.Option(
+        False,
+        "--space",
+        help="Also publish a Space, USER/NAME-demo, that serves the `spherear demo` page on "
+        "the model (app.py, requirements.txt, README.md); a dry run writes it to DIR-space. "
+        "Needs the demo extra.",
+    ),
 ) -> None:
     """Publish a run: its exported safetensors, config.json, recipe.toml and a generated
     model card (with the run's eval-fid results and sample grid), in one commit. Never
@@ -47,13 +54,21 @@ def push_to_hub(
         include_samples=include_samples,
         weights=weights,
         dry_run=dry_run,
+        space=space,
         say=typer.echo,
     )
     typer.echo(f"files: {', '.join(pushed.files)}")
+    if pushed.space_id:
+        typer.echo(f"space files: {', '.join(pushed.space_files)}")
     if dry_run is not None:
         typer.echo(
             f"dry run: wrote what would go to {pushed.repo_id} into {pushed.destination}; "
             "nothing was uploaded"
         )
+        if pushed.space_id:
+            typer.echo(f"dry run: and what would go to the Space {pushed.space_id} into "
+                       f"{pushed.space_destination}")  # fmt: skip
     else:
         typer.echo(f"pushed to {pushed.repo_id}: {pushed.destination}")
+        if pushed.space_id:
+            typer.echo(f"pushed the Space {pushed.space_id}: {pushed.space_destination}")

@@ -11,6 +11,17 @@ from spherear.checkpoint_header import Weights
 from spherear.cli.errors import finite, user_errors
 
 
+def ar_checkpoint():
+    """The ``--checkpoint`` option of the commands that sample a model (sample, demo)."""
+    return typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="A run folder, an export, an authors' .pt or an hf:// address "
+        "(default: the newest train-ar run under runs/).",
+    )
+
+
 @user_errors
 def sample(
     n: int = typer.Option(
@@ -21,13 +32,7 @@ def sample(
         help="How many images (50000 for FID). Under torchrun or accelerate launch write "
         "--num-images: their own options make --n ambiguous to them.",
     ),
-    checkpoint: str | None = typer.Option(
-        None,
-        "--checkpoint",
-        "-c",
-        help="A run folder, an export, an authors' .pt or an hf:// address "
-        "(default: the newest train-ar run under runs/).",
-    ),
+    checkpoint: str | None = ar_checkpoint(),
     cfg: float | None = typer.Option(
         None,
         "--cfg",
@@ -85,6 +90,13 @@ def sample(
         "--labels",
         help="balanced: n / num_classes per class; random: uniform, as the authors did.",
     ),
+    only_class: int | None = typer.Option(
+        None,
+        "--class",
+        min=0,
+        help="Every image of this class: its number, from 0, in the order of the sample grid's "
+        "rows (`spherear demo` lists the names); in place of --labels.",
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="Image i depends on (seed, i) only."),
     batch_size: int = typer.Option(
         100, "--batch-size", min=1, help="Images per chunk and per forward pass (a setting)."
@@ -113,7 +125,7 @@ def sample(
             defaults, n, cfg=cfg, cfg_schedule=cfg_schedule, steps=steps, sampler=sampler,
             steps_last=steps_last, temperature=temperature, compile=compiled,
             precision=precision, normalise=normalise, labels=labels, seed=seed,
-            batch_size=batch_size, weights=weights,
+            batch_size=batch_size, weights=weights, only_class=only_class,
         )  # fmt: skip
 
     # checked against the checkpoint's header before torch loads: a 2 GB file takes a while

@@ -456,6 +456,12 @@ def _apply_override(data: dict, path: list[str], value: Any, text: str, where: s
         cls = tp
 
 
+def section_from_dict(cls: type, data: dict, where: str) -> Any:
+    """One section (``SampleConfig``, say) from ``data``, checked as a recipe's is: unknown
+    keys, types, ranges; for settings that come from elsewhere than a file (a web page)."""
+    return _build(cls, data, "", where)
+
+
 def recipe_from_dict(data: dict, where: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
     try:
         data = copy.deepcopy(data)  # overrides must not touch the caller's dict

@@ -131,7 +131,8 @@ def settings_record(loaded: Loaded, plan: Plan, device: torch.device) -> dict:
 
 
 # what a settings.json from before each option was added means by leaving it out
-BEFORE_OPTIONS = {"temperature": 1.0, "normalise": "auto", "normalisation": "after_cfg"}
+BEFORE_OPTIONS = {"temperature": 1.0, "normalise": "auto", "normalisation": "after_cfg",
+                  "only_class": None}  # fmt: skip
 # where the weights were read from may move and classes be renamed; the weights' hash is
 # what must match
 DESCRIPTIVE = {"checkpoint", "class_names"}
@@ -367,7 +368,8 @@ def sample_images(
 def _sample_images(loaded: Loaded, plan: Plan, out: Path, accelerator, progress: bool) -> Result:
     from tqdm import tqdm
 
-    labels = class_labels(plan.n, loaded.recipe.ar.num_classes, plan.labels, plan.seed)
+    labels = class_labels(plan.n, loaded.recipe.ar.num_classes, plan.labels, plan.seed,
+                          plan.only_class)  # fmt: skip
     main = accelerator.is_main_process
     saved = saved_settings(out)
     if saved is not None and isinstance(saved.get("numerics"), dict):

@@ -45,6 +45,7 @@ class Plan:
     seed: int = 0
     batch_size: int = 100
     weights: Weights = "ema"
+    only_class: int | None = None  # every image of this class, in place of ``labels``
 
     @classmethod
     def from_recipe(cls, defaults: SampleConfig, n: int, **given) -> Plan:
@@ -62,7 +63,8 @@ class Plan:
     @property
     def tag(self) -> str:
         """The default output folder name, e.g. n1000-cfg4.5-linear-steps100-sde-balanced-seed0
-        (steps50to5 with step annealing, -temp0.7 after the sampler below temperature 1,
+        (class207 in place of balanced for the images of one class,
+        steps50to5 with step annealing, -temp0.7 after the sampler below temperature 1,
         -norm-before_cfg or -norm-none after that when the normalisation is chosen, -bf16 at
         the end when sampled in bf16)."""
         steps = f"{self.steps}to{self.steps_last}" if self.steps_last else f"{self.steps}"
@@ -70,9 +72,10 @@ class Plan:
         temp += f"-norm-{self.normalise}" if self.normalise != "auto" else ""
         extra = ("-compiled" if self.compile else "") + ("-raw" if self.weights == "raw" else "")
         extra += "-bf16" if self.precision == "bf16" else ""
+        labels = self.labels if self.only_class is None else f"class{self.only_class}"
         return (
             f"n{self.n}-cfg{self.cfg:g}-{self.cfg_schedule}-steps{steps}-{self.sampler}{temp}-"
-            f"{self.labels}-seed{self.seed}{extra}"
+            f"{labels}-seed{self.seed}{extra}"
         )
 
 
@@ -94,10 +97,17 @@ def check_plan(plan: Plan, header: Header) -> None:
             if header.weights
             else f"{header.path} holds no AR weights; re-export the run"
         )
-    check_label_split(plan.n, header.num_classes, plan.labels)
+    check_label_split(plan.n, header.num_classes, plan.labels, plan.only_class)
 
 
-def check_label_split(n: int, num_classes: int, mode: str) -> None:
+def check_label_split(n: int, num_classes: int, mode: str, only_class: int | None = None) -> None:
+    if only_class is not None:
+        if not 0 <= only_class < num_classes:
+            raise SampleError(
+                f"--class {only_class}: the model has classes 0 to {num_classes - 1}; pass "
+                "one of those"
+            )
+        return
     if mode not in ("balanced", "random"):
         raise SampleError(f"--labels {mode!r}: use 'balanced' or 'random'")
     if mode == "balanced" and n % num_classes:
@@ -109,10 +119,15 @@ def check_label_split(n: int, num_classes: int, mode: str) -> None:
         )
 
 
-def class_labels(n: int, num_classes: int, mode: str, seed: int) -> np.ndarray:
+def class_labels(
+    n: int, num_classes: int, mode: str, seed: int, only_class: int | None = None
+) -> np.ndarray:
     """``balanced``: image i has class i mod num_classes, so n / num_classes per class;
-    ``random``: uniform, as the authors sampled, each label from the stream of (seed, i)."""
-    check_label_split(n, num_classes, mode)
+    ``random``: uniform, as the authors sampled, each label from the stream of (seed, i);
+    ``only_class`` given: every image has that class."""
+    check_label_split(n, num_classes, mode, only_class)
+    if only_class is not None:
+        return np.full(n, only_class, np.int64)
     if mode == "balanced":
         return np.arange(n, dtype=np.int64) % num_classes
     return np.array(

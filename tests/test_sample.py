@@ -164,3 +164,10 @@ def test_a_folder_sampled_before_the_temperature_setting_resumes_at_temperature_
     check_settings(tmp_path, saved, {**saved, "temperature": 1.0})
     with pytest.raises(SampleError, match="temperature"):
         check_settings(tmp_path, saved, {**saved, "temperature": 0.7})
+
+
+def test_a_folder_sampled_before_the_class_option_resumes_with_every_class(tmp_path):
+    saved = {"n": 10, "cfg": 6.0, "labels": "balanced"}
+    check_settings(tmp_path, saved, {**saved, "only_class": None})
+    with pytest.raises(SampleError, match="only_class"):
+        check_settings(tmp_path, saved, {**saved, "only_class": 3})

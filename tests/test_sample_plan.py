@@ -56,3 +56,14 @@ def test_samples_go_into_their_run_else_beside_their_checkpoint():
     assert default_out(authors, plan) == Path(f"weights/samples/SphereAR_B-{tag}")
     hub = Found("hf://guolinke/SphereAR/SphereAR_B.pt", None, "as given")
     assert default_out(hub, plan) == Path(f"samples/SphereAR_B-{tag}")
+
+
+def test_one_class_gives_every_image_that_class_and_names_it_in_the_tag():
+    assert class_labels(5, 10, "balanced", seed=0, only_class=7).tolist() == [7] * 5
+    with pytest.raises(SampleError, match=re.escape("--class 10: the model has classes 0 to 9")):
+        class_labels(5, 10, "balanced", seed=0, only_class=10)
+    plan = Plan.from_recipe(SampleConfig(cfg=2.0, steps=4), 3, only_class=1)
+    assert plan.tag == "n3-cfg2-linear-steps4-sde-class1-seed0"
+    check_plan(plan, Header("e", "ar", 2, ("ema",)))  # 3 images need not split over classes
+    with pytest.raises(SampleError, match=re.escape("--class 1: the model has classes 0 to 0")):
+        check_plan(plan, Header("e", "ar", 1, ("ema",)))

@@ -54,13 +54,16 @@ def test_push_hands_exactly_the_staged_folder_to_one_upload(
     out = push(*args)
     assert out.exit_code == 0, out.output
 
-    assert calls[0] == ("create_repo", "other/name", {"private": True, "exist_ok": True})
+    model = {"repo_type": "model"}
+    assert calls[0] == ("create_repo", "other/name", {"private": True, "exist_ok": True} | model)
     if not create_pr:  # a commit to a branch that may not exist yet
-        assert calls[1] == ("create_branch", "other/name", {"branch": "dev", "exist_ok": True})
+        branch = {"branch": "dev", "exist_ok": True} | model
+        assert calls[1] == ("create_branch", "other/name", branch)
     assert [c[0] for c in calls].count("upload_folder") == 1 and calls[-1][0] == "upload_folder"
     _, uploaded, kwargs = calls[-1]
     assert kwargs == {
         "repo_id": "other/name",
+        "repo_type": "model",
         "revision": "dev",
         "create_pr": create_pr,
         "commit_message": f"Upload {run.name} with spherear {spherear.__version__}",
@@ -73,6 +76,41 @@ def test_push_hands_exactly_the_staged_folder_to_one_upload(
     assert "README.md" in uploaded
     assert ("discussions/1" if create_pr else "commit/1") in out.output
     assert not list(run.glob(".push-to-hub-*"))  # the staging folder is gone
+
+
+def test_space_goes_to_a_gradio_space_of_its_own_after_the_model(
+    tmp_path, tiny_recipe, monkeypatch
+):
+    pytest.importorskip("gradio", reason="--space pins the installed gradio: the demo extra")
+    run = make_run(tmp_path, tiny_recipe)
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        folder = Path(kwargs.pop("folder_path"))
+        app = folder / "app.py"
+        app = app.read_text() if app.is_file() else ""
+        calls.append(
+            ("upload_folder", kwargs["repo_id"], kwargs["repo_type"], files_in(folder), app)
+        )
+        return types.SimpleNamespace(commit_url=f"https://hub/{kwargs['repo_id']}/c", pr_url=None)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", lambda self, repo_id, **kwargs: None)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = push("--run", str(run), "--repo-id", "other/name", "--revision", "v2", "--space")
+    assert out.exit_code == 0, out.output
+    assert [c[:2] for c in calls if c[0] == "upload_folder"] == [
+        ("upload_folder", "other/name"), ("upload_folder", "other/name-demo")]  # fmt: skip
+    assert calls[2] == ("create_repo", "other/name-demo",
+                        {"private": False, "exist_ok": True, "repo_type": "space",
+                         "space_sdk": "gradio"})  # fmt: skip
+    _, _, kind, files, app = calls[-1]
+    assert kind == "space" and sorted(files) == ["README.md", "app.py", "requirements.txt"]
+    assert '"hf://other/name@v2"' in app  # the revision just pushed
+    assert "pushed the Space other/name-demo: https://hub/other/name-demo/c" in out.output
 
 
 def test_bare_command_takes_the_newest_run_and_the_recipes_repo_id(
