@@ -365,19 +365,26 @@ def _finish(partial: Path, out: Path, settings: dict, absolute: str, src, shards
     bad: list[str] = []
     num_images = 0
     records = {}
+    empty: list[tuple[str, list[str]]] = []
     for s in shards:
         path = _shard_path(partial, s.index)
         metadata = pq.read_metadata(path)
         skipped = json.loads(metadata.metadata[BAD_KEY])
         if metadata.num_rows == 0 and isinstance(src, FolderSource | TarSource):
-            why = f"; the first skipped: {skipped[0]}" if skipped else ""
-            raise SourceError(
-                f"{src.description}: class {s.name} has no readable image ({len(skipped)} "
-                f"skipped{why}); add images to it or remove it"
-            )
+            empty.append((s.name, skipped))
+            path.unlink()  # not kept as done: the rerun after a fix of the source reads it again
+            continue
         bad += skipped
         num_images += metadata.num_rows
         records[path.relative_to(partial).as_posix()] = file_record(path)
+    if empty:
+        name, skipped = empty[0]
+        why = f"; the first skipped: {skipped[0]}" if skipped else ""
+        more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+        raise SourceError(
+            f"{src.description}: class {name}{more} has no readable image ({len(skipped)} "
+            f"skipped{why}); add images to it or remove it"
+        )
     if num_images == 0:
         raise SourceError(f"{src.description}: no image could be decoded; see the source")
     atomic_write(partial / BAD, "".join(line + "\n" for line in bad), "prepare/bad_images")

@@ -122,14 +122,22 @@ def _imagenet_tar(path: Path, inner: dict[str, bytes]) -> Path:
     return path
 
 
-def test_a_garbage_inner_tar_is_named(tmp_path):
+def test_a_garbage_inner_tar_is_named_and_a_rerun_after_the_fix_reads_it(tmp_path):
+    good = tar_bytes({"a.JPEG": _png(), "b.JPEG": _png((0, 0, 0))})
     tar = _imagenet_tar(tmp_path / "train.tar", {
-        "n01440764.tar": tar_bytes({"a.JPEG": _png(), "b.JPEG": _png((0, 0, 0))}),
+        "n01440764.tar": good,
         "n01443537.tar": b"this is not a tar at all " * 40,
+        "n01484850.tar": tar_bytes({}),  # a class with no image at all
     })  # fmt: skip
     one_line_error(_prepare(f"tar:{tar}", tmp_path / "out"),
-                   "class n01443537.tar has no readable image (1 skipped",
+                   "class n01443537.tar and 1 more has no readable image (1 skipped",
                    "not a readable tar")  # fmt: skip
+    # the user does what the line says; the classes refused are read again, not resumed
+    _imagenet_tar(tar, {"n01440764.tar": good, "n01443537.tar": good, "n01484850.tar": good})
+    result = _prepare(f"tar:{tar}", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "info.json").read_text())["num_images"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.tar"]  # no .partial
 
 
 def test_a_class_twice_in_a_tar_stops(tmp_path):
