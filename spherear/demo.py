@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+import signal
 import tempfile
 import typing
 from collections.abc import Callable
@@ -245,4 +246,8 @@ def serve(model: Model, host: str, port: int, say: Callable[[str], None]) -> Non
         say(f"warning: --host {host} is not a loopback address: whoever reaches this machine "
             "on that address can use the page (and its CPU or GPU)")  # fmt: skip
     say(f"serving {model.loaded.description} at http://{host}:{port} (Ctrl-C stops it)")
+    # Gradio closes its server on KeyboardInterrupt; a process started as a script's background
+    # job inherits SIGINT ignored, and SIGTERM would end it without closing
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     page.launch(server_name=host, server_port=port, quiet=True, show_error=True)

@@ -9,6 +9,7 @@ which is the README's, taken with ``SPHEREAR_DEMO_CHECKPOINT=<quickstart>/runs/t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import os
@@ -37,11 +38,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spherear(argv: list, cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+def _spherear(argv: list, cwd: Path, env: dict, log: Path, **popen) -> subprocess.Popen:
     """``spherear ARGV`` as a user runs it: a process of its own, with the default threads."""
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "spherear", *map(str, argv)], cwd=cwd,
-                                env={**os.environ, **env}, stdout=out, stderr=out)  # fmt: skip
+                                env={**os.environ, **env}, stdout=out, stderr=out,
+                                **popen)  # fmt: skip
 
 
 def _wait_for_port(port: int, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -213,6 +215,22 @@ def test_the_page_samples_a_class_in_a_browser_as_its_command_does(pipeline, tmp
         server.send_signal(signal.SIGINT)  # Ctrl-C
         server.wait(60)
     print(f"browser test: {time.time() - started:.1f} s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_even_in_a_background_job(pipeline, tmp_path):
+    """A script's background job starts with SIGINT ignored (as `.ci/run &` left the browser
+    test's server running past its Ctrl-C); the page still stops on Ctrl-C."""
+    run = pipeline.restore("sample")
+    port, log = _free_port(), tmp_path / "demo.log"
+    ignored = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    server = _spherear(["demo", "--port", port], run, pipeline.env(), log, preexec_fn=ignored)
+    try:
+        _wait_for_port(port, server, log)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        server.kill()
 
 
 def test_without_gradio_the_command_names_the_extra(monkeypatch):
