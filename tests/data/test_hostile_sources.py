@@ -77,7 +77,7 @@ def test_a_folder_of_odd_entries(tmp_path):
     start = time.perf_counter()
     result = _prepare(f"folder:{root}", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 120  # a FIFO read would block for ever
     info = json.loads((tmp_path / "out" / "info.json").read_text())
     assert info["class_names"] == ["cat", "dog"] and info["num_images"] == 3
     listed = (tmp_path / "out" / "bad_images.txt").read_text().splitlines()
