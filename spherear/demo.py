@@ -250,4 +250,7 @@ def serve(model: Model, host: str, port: int, say: Callable[[str], None]) -> Non
     # job inherits SIGINT ignored, and SIGTERM would end it without closing
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.default_int_handler)
-    page.launch(server_name=host, server_port=port, quiet=True, show_error=True)
+    try:
+        page.launch(server_name=host, server_port=port, quiet=True, show_error=True)
+    except KeyboardInterrupt:  # before Gradio's own wait, which closes the server itself
+        page.close()
