@@ -2,6 +2,7 @@
 and comparisons, and the report's figures from runs whose numbers are written here."""
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -170,16 +171,18 @@ def test_the_paper_sized_recipes_load_and_fid_joins_the_table(tmp_path):
 
 def test_a_failed_chain_stops_the_others_before_their_next_command(tmp_path):
     c = load_comparison(write(tmp_path, ARMS))
-    issued = []
+    issued, seed_0_started = [], threading.Event()
 
     class Fake(Runner):
         def spherear(self, log, *args):
             if self.failed.is_set():
                 raise _Stopped
             issued.append(log)
-            if log == "synthetic-s1":
+            if log == "synthetic-s1":  # fails while seed 0 runs its first command
+                assert seed_0_started.wait(10)
                 raise CompareError("seed 1 failed")
-            if log == "synthetic-s0":  # still running when seed 1 fails
+            if log == "synthetic-s0":
+                seed_0_started.set()
                 assert self.failed.wait(10)
             return 0.0
 
