@@ -34,7 +34,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import zipfile
@@ -47,6 +46,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# the data tests' input generators (by folder: a package named `tests` is on many a sys.path)
+sys.path.insert(0, str(ROOT / "tests" / "data"))
+from inputs import png, rotated_jpeg, tar_bytes  # noqa: E402
+
 # The issue's bound: no case may hang longer than 30 s. This script runs at nice 19 on a
 # shared 2-core machine, where other people's jobs can leave it a few percent of a core, so
 # its clock is the commands' CPU time: a command is stopped after TIMEOUT seconds of CPU (a
@@ -347,34 +350,6 @@ class Workspace:
 
 # ---------------------------------------------------------------------------------------
 # Generators of hostile and careless inputs
-
-
-def png(colour=(200, 30, 30), size=(20, 20)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def rotated_jpeg() -> bytes:
-    """Stored 40 wide, 20 high, left half red, with EXIF orientation 6: upright it is 20 wide
-    and 40 high, red on top."""
-    image = Image.new("RGB", (40, 20), (0, 0, 255))
-    image.paste((255, 0, 0), (0, 0, 20, 20))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95, exif=exif)
-    return buffer.getvalue()
-
-
-def tar_bytes(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def image_folder(root: Path, extra: Callable[[Path], object] = lambda root: None) -> Path:

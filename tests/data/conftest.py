@@ -1,7 +1,6 @@
 """Image folders and tars in the layouts prepare-data reads, and the rows it writes."""
 
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,8 @@ import pytest
 from PIL import Image
 
 from spherear.data.prepare import shard_files
+
+from .inputs import tar_bytes
 
 WNIDS = ["n01440764", "n01443537"]  # ImageNet labels 0 and 1
 
@@ -47,17 +48,6 @@ def image_folder(tmp_path) -> Path:
         for name, data in files.items():
             (root / "train" / wnid / name).write_bytes(data)
     return root
-
-
-def tar_bytes(files: dict[str, bytes]) -> bytes:
-    """A tar archive of ``files`` (name -> bytes), in memory."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 @pytest.fixture

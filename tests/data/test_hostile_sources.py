@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from spherear.cli import app
 
 from ..conftest import ROOT
-from .conftest import tar_bytes
+from .inputs import png as _png
+from .inputs import rotated_jpeg, tar_bytes
 
 runner = CliRunner()
 
@@ -33,24 +34,6 @@ def one_line_error(result, *words: str) -> None:
     assert last.startswith("error: "), result.stderr
     for word in words:
         assert word in last, last
-
-
-def _png(colour=(200, 30, 30), size=(20, 20)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _rotated_jpeg() -> bytes:
-    """40 wide, 20 high as stored, with EXIF orientation 6: seen upright 20 wide, 40 high;
-    the left half red, so upright the top half is red."""
-    image = Image.new("RGB", (40, 20), (0, 0, 255))
-    image.paste((255, 0, 0), (0, 0, 20, 20))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95, exif=exif)
-    return buffer.getvalue()
 
 
 def _prepare(source: str, out: Path):
@@ -68,7 +51,7 @@ def test_a_folder_of_odd_entries(tmp_path):
     for name in ("cat", "dog"):
         (root / name).mkdir(parents=True)
         (root / name / "good.png").write_bytes(_png())
-    (root / "cat" / "photo.jpg").write_bytes(_rotated_jpeg())
+    (root / "cat" / "photo.jpg").write_bytes(rotated_jpeg())
     os.mkfifo(root / "cat" / "fifo.png")  # reading it would block forever
     (root / "cat" / "zero.png").symlink_to("/dev/zero")  # would never end
     (root / "dog" / os.fsdecode(b"caf\xe9.png")).write_bytes(_png())  # Latin-1, not UTF-8
